@@ -1,0 +1,87 @@
+"""Run a function on N local ranks (gloo on CPU), for tools and tests that are not started by torchrun.
+
+Under torchrun (WORLD_SIZE set) the function simply runs in this process. Otherwise N processes are
+forked from this one, so that the parent's imports (megatron-core takes ~7 s) are shared, and the
+function's return value of each rank comes back in a list. A failure on any rank is re-raised here with
+that rank's traceback.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from mmr1_mega.distributed.init import free_port
+
+
+class RankFailed(RuntimeError):
+    """A rank raised; the message carries its traceback."""
+
+
+def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs: dict, queue) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        result = fn(*args, **kwargs)
+        queue.put((rank, True, result))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent
+        queue.put((rank, False, traceback.format_exc()))
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, **kwargs: Any) -> list:
+    """Run fn(*args, **kwargs) on world_size forked ranks; returns the per-rank results in rank order.
+
+    Raises RankFailed with the first failing rank's traceback, or TimeoutError.
+    fn must be importable (a module-level function) and its results picklable.
+    """
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return [fn(*args, **kwargs)]
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, kwargs, queue), daemon=False)
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    failure = None
+    try:
+        for _ in range(world_size):
+            try:
+                rank, ok, value = queue.get(timeout=timeout_s)
+            except Exception as e:  # queue.Empty
+                raise TimeoutError(f"ranks did not finish within {timeout_s} s") from e
+            if not ok and failure is None:
+                failure = (rank, value)
+                break
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=5 if failure else 60)
+            if p.is_alive():
+                p.kill()
+    if failure is not None:
+        raise RankFailed(f"rank {failure[0]} failed:\n{failure[1]}")
+    return [results[r] for r in range(world_size)]

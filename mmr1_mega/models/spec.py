@@ -1,0 +1,63 @@
+"""The one place that chooses the megatron-core layer spec: transformer-engine when usable, else local."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mmr1_mega.distributed.cpu import cuda_absent
+
+
+class TorchNorm:
+    """torch RMSNorm / LayerNorm for the local spec, usable with sequence parallelism.
+
+    megatron-core's WrappedTorchNorm (transformer/torch_norm.py ~32) refuses sequence_parallel. With SP
+    each TP rank normalises its own slice of the sequence, so the norm weight gets a partial gradient;
+    tagging it `sequence_parallel=True` makes megatron's finalize_model_grads all-reduce it across TP,
+    which is exactly what TE / apex norms do.
+    """
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_unused):
+        if config.normalization == "RMSNorm":
+            norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+        elif config.normalization == "LayerNorm":
+            norm = torch.nn.LayerNorm(hidden_size, eps=eps)
+        else:
+            raise ValueError(f"normalization {config.normalization!r} is not supported by the local spec")
+        for p in norm.parameters():
+            p.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def transformer_engine_usable() -> bool:
+    """True when transformer-engine imports and CUDA is present."""
+    if cuda_absent():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken TE install is the same as none
+        return False
+    return True
+
+
+def decoder_block_spec(config: TransformerConfig, num_layers_here: int, use_te: "bool | None" = None):
+    """Spec for the decoder layers of this pipeline stage (Qwen2-style: RMSNorm, SwiGLU, qkv bias).
+
+    use_te: None chooses transformer-engine when usable. Returns TransformerBlockSubmodules.
+    """
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if use_te is None:
+        use_te = transformer_engine_usable()
+    if use_te:
+        layer = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=TENorm)
+    layer = gpt_layer_specs.get_gpt_layer_local_spec(normalization=config.normalization)
+    sub = dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
+    layer = dataclasses.replace(layer, submodules=sub)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=TorchNorm)

@@ -1,0 +1,136 @@
+"""Tiny random Qwen-VL models made with transformers (tests, the CPU demo, smoke runs)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+SPECIAL_TOKENS = {"image_token_id": 5, "video_token_id": 6, "vision_start_token_id": 3, "vision_end_token_id": 4}
+
+
+def tiny_hf_config(
+    model_type: str = "qwen2_5_vl",
+    vocab_size: int = 128,
+    hidden_size: int = 64,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    tie_word_embeddings: bool = False,
+    vision_depth: int = 2,
+    vision_hidden: int = 32,
+    special_tokens: "dict | None" = None,
+):
+    """A small Qwen2-VL / Qwen2.5-VL config: every architectural feature (GQA, qkv bias, mrope, window
+    attention in the Qwen2.5 vision tower, tied or untied embeddings) at toy sizes."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    head_dim = hidden_size // num_heads
+    # mrope sections split head_dim / 2 rotary frequencies over (t, h, w)
+    half = head_dim // 2
+    section = [half - 2 * (half // 3), half // 3, half // 3]
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    tokens = dict(SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    if model_type == "qwen2_5_vl":
+        vision = dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[vision_depth - 1],
+        )
+        cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+    elif model_type == "qwen2_vl":
+        vision = dict(
+            depth=vision_depth,
+            embed_dim=vision_hidden,
+            hidden_size=hidden_size,
+            mlp_ratio=2,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
+        cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    else:
+        raise ValueError(f"no tiny config for model_type {model_type!r}")
+    cfg.tie_word_embeddings = tie_word_embeddings
+    return cfg
+
+
+def save_tiny_model(out_dir: "str | os.PathLike", seed: int = 0, **config_kwargs):
+    """Create a tiny random model with transformers (fp32) and save_pretrained it. Returns the HF model."""
+    from mmr1_mega.models.registry import get_family
+
+    cfg = tiny_hf_config(**config_kwargs)
+    torch.manual_seed(seed)
+    model = get_family(cfg.model_type).hf_class()(cfg).eval()
+    # transformers zero-initialises some biases; random values make the tests see every weight
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.save_pretrained(out_dir)
+    return model
+
+
+def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (1, 6, 4))) -> dict:
+    """A right-padded batch of three samples: text only; text + two images of different sizes + text;
+    one image + text. Random pixel values (already patchified, as the image processor returns them).
+
+    Returns input_ids, attention_mask, mm_token_type_ids [b, s], pixel_values [patches, C*T*P*P],
+    image_grid_thw [num_images, 3].
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = hf_config.vision_config
+    merge = v.spatial_merge_size
+    text_vocab = hf_config.text_config.vocab_size
+    reserved = 8  # ids < 8 are special tokens in the tiny configs
+
+    def text(n):
+        return torch.randint(reserved, text_vocab, (n,), generator=g).tolist()
+
+    def image(grid):
+        n = grid[0] * grid[1] * grid[2] // merge**2
+        return [hf_config.vision_start_token_id] + [hf_config.image_token_id] * n + [hf_config.vision_end_token_id]
+
+    grids = [list(x) for x in image_grids]
+    samples = [
+        text(11),
+        text(3) + image(grids[0]) + text(4) + image(grids[1]) + text(5),
+        image(grids[2]) + text(7),
+    ]
+    seq = max(len(s) for s in samples)
+    input_ids = torch.zeros(len(samples), seq, dtype=torch.long)
+    attention_mask = torch.zeros(len(samples), seq, dtype=torch.long)
+    for i, s in enumerate(samples):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention_mask[i, : len(s)] = 1
+    patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+    n_patches = sum(t * h * w for t, h, w in grids)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": (input_ids == hf_config.image_token_id).long(),
+        "pixel_values": torch.randn(n_patches, patch_dim, generator=g),
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+    }
