@@ -203,6 +203,25 @@ def _install_type_strings() -> Callable[[], None]:
     return undo
 
 
+# --------------------------------------------------------------------------------------------------------
+# 5. torch.cuda.synchronize() after pipeline send / recv. The config flag batch_p2p_sync=False removes the
+#    one at ~398, but the shape exchange that variable_seq_lengths needs (~242) synchronises
+#    unconditionally; on CPU there is no device work to wait for, so a no-op covers both.
+# --------------------------------------------------------------------------------------------------------
+def _install_synchronize() -> Callable[[], None]:
+    saved = torch.cuda.synchronize
+
+    def synchronize(device=None):
+        return None
+
+    torch.cuda.synchronize = synchronize
+
+    def undo():
+        torch.cuda.synchronize = saved
+
+    return undo
+
+
 ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation(
         "rng_tracker",
@@ -242,6 +261,14 @@ ADAPTATIONS: tuple[Adaptation, ...] = (
         ),
         _install_type_strings,
     ),
+    Adaptation(
+        "synchronize",
+        (
+            "pipeline_parallel/p2p_communication.py ~242 (shape exchange, variable_seq_lengths)",
+            "pipeline_parallel/p2p_communication.py ~398 (after batched p2p)",
+        ),
+        _install_synchronize,
+    ),
 )
 
 _undo: dict[str, Callable[[], None]] = {}
@@ -280,15 +307,6 @@ def without(name: str) -> Iterator[None]:
         yield
     finally:
         _undo[name] = by_name[name].install()
-
-
-def megatron_config_overrides() -> dict:
-    """TransformerConfig fields that megatron-core needs on CPU.
-
-    batch_p2p_sync: pipeline_parallel/p2p_communication.py ~398 calls torch.cuda.synchronize() after a
-    batched send/recv when it is set.
-    """
-    return {"batch_p2p_sync": False} if cuda_absent() else {}
 
 
 def device() -> torch.device:

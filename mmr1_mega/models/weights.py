@@ -63,20 +63,23 @@ def load_hf_weights(model, checkpoint: "HFCheckpoint | str | os.PathLike", table
     return loaded
 
 
-def _gather_tp(param: torch.Tensor, dim: int) -> list[torch.Tensor]:
+def _gather_tp(param: torch.Tensor) -> list[torch.Tensor]:
     group = ps.get_tensor_model_parallel_group()
     size = ps.get_tensor_model_parallel_world_size()
     if size == 1:
-        return [param.detach()]
+        return [param]
     shards = [torch.empty_like(param) for _ in range(size)]
-    dist.all_gather(shards, param.detach().contiguous(), group=group)
+    dist.all_gather(shards, param.contiguous(), group=group)
     return shards
 
 
-def iter_hf_weights(model, table, dtype: "torch.dtype | None" = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_hf_weights(
+    model, table, dtype: "torch.dtype | None" = None, tensor_of=None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) for every parameter of this pipeline stage.
 
     Collective over the stage's TP group: every TP rank must iterate. dtype casts the yielded tensors.
+    tensor_of(param) picks what is exported (default the parameter itself; e.g. its gradient).
     """
     module = unwrap(model)
     offset = get_transformer_layer_offset(module.config)
@@ -85,7 +88,8 @@ def iter_hf_weights(model, table, dtype: "torch.dtype | None" = None) -> Iterato
             continue
         row = resolve(table, name, offset)
         is_tp = getattr(param, "tensor_model_parallel", False) and not isinstance(row.transform, Replicated)
-        shards = _gather_tp(param, row.transform.partition_dim) if is_tp else [param.detach()]
+        value = param.detach() if tensor_of is None else tensor_of(param)
+        shards = _gather_tp(value) if is_tp else [value]
         for hf_name, tensor in zip(row.hf_names, row.transform.merge(shards)):
             yield hf_name, tensor if dtype is None else tensor.to(dtype)
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from mmr1_mega.distributed.cpu import megatron_config_overrides
 from mmr1_mega.models.mapping import ColumnParallel, FusedQKV, GatedMLP, Mapping, Replicated, RowParallel
 from mmr1_mega.models.registry import ModelFamily, register
 
@@ -69,13 +68,12 @@ def transformer_config(
         fp16=dtype == "fp16",
         variable_seq_lengths=True,  # rollouts differ in length from batch to batch (PP shape exchange)
         moe_token_dispatcher_type="alltoall",  # unused (dense) but megatron rejects the default with the above
-        use_cpu_initialization=True,
-        perform_initialization=False,  # every weight is loaded from a checkpoint
+        # megatron tags TP weights (tensor_model_parallel, partition_dim) only while initialising them
+        perform_initialization=True,
         recompute_granularity="full" if recompute else None,
         recompute_method="uniform" if recompute else None,
         recompute_num_layers=1 if recompute else None,
     )
-    kwargs.update(megatron_config_overrides())
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 

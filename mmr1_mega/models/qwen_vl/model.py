@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from megatron.core import tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -35,6 +36,7 @@ class QwenVLModel(MegatronModule):
         num_layers_here: "int | None" = None,
     ):
         super().__init__(config=config)
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron's pipeline schedules
         text = hf_config.text_config
         self.pre_process, self.post_process = pre_process, post_process
         self.image_token_id = hf_config.image_token_id
@@ -62,6 +64,15 @@ class QwenVLModel(MegatronModule):
             rotary_base=rope["rope_theta"],
             scatter_embedding_sequence_parallel=False,
         )
+
+    # megatron's finalize_model_grads looks these up on the module that has `pre_process` (this one) to
+    # all-reduce tied embedding / output-layer gradients between the first and last pipeline stages.
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
 
     def set_input_tensor(self, input_tensor) -> None:
         """Pipeline hand-off: the activation received from the previous stage."""

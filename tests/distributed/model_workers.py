@@ -1,0 +1,107 @@
+"""Code that runs inside the ranks of the distributed model tests (forked by mmr1_mega.distributed.launch)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from megatron.core import parallel_state as ps  # noqa: E402
+from megatron.core import tensor_parallel  # noqa: E402
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig  # noqa: E402
+from megatron.core.distributed import finalize_model_grads  # noqa: E402
+from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
+from mmr1_mega.models.build import build_model  # noqa: E402
+from mmr1_mega.models.qwen_vl.rope import mrope_position_ids  # noqa: E402
+from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights  # noqa: E402
+
+# name -> (tensor_parallel, pipeline_parallel, sequence_parallel)
+LAYOUTS = {
+    "tp1": (1, 1, False),
+    "tp2": (2, 1, False),
+    "pp2": (1, 2, False),
+    "tp2pp2": (2, 2, False),
+    "tp2sp": (2, 1, True),
+}
+
+
+def _model_inputs(hf_config, batch):
+    pos, _ = mrope_position_ids(
+        batch["input_ids"],
+        batch["input_ids"] == hf_config.image_token_id,
+        batch["image_grid_thw"],
+        hf_config.vision_config.spatial_merge_size,
+        batch["attention_mask"],
+    )
+    return dict(
+        input_ids=batch["input_ids"],
+        position_ids=pos,
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+    )
+
+
+def _run(ddp, inputs, labels, mask, forward_only):
+    def forward_step(data_iterator, model):
+        out = model(**inputs, labels=None if forward_only else labels)
+
+        def loss_func(output):
+            if forward_only:
+                full = tensor_parallel.gather_from_tensor_model_parallel_region(output)
+                return output.sum() * 0, {"logits": full.detach()}
+            loss = (output * mask).sum() / mask.sum()
+            return loss, {"loss": loss.detach()}
+
+        return out, loss_func
+
+    b, s = inputs["input_ids"].shape
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter([None]),
+        model=[ddp],
+        num_microbatches=1,
+        seq_length=s,
+        micro_batch_size=b,
+        forward_only=forward_only,
+    )
+
+
+def logits_and_grads(hf_dir: str, batch: dict, labels: torch.Tensor, layouts: list[str]) -> dict:
+    """For each layout: full-vocab logits and loss (last stage) and HF-named grads (each stage).
+
+    Only the first TP / DP rank of a stage reports, so the parent can merge the ranks' dicts.
+    """
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    mask = batch["attention_mask"].float()
+    results = {}
+    for name in layouts:
+        tp, pp, sp = LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        model, family = build_model(hf_config, sequence_parallel=sp)
+        table = family.weight_table(hf_config)
+        load_hf_weights(model, hf_dir, table)
+        ddp = DistributedDataParallel(
+            model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model
+        )
+        model.config.finalize_model_grads_func = finalize_model_grads
+        model.config.no_sync_func = ddp.no_sync
+        inputs = _model_inputs(hf_config, batch)
+        reports = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+        out = {}
+        logits = _run(ddp, inputs, labels, mask, forward_only=True)
+        ddp.zero_grad_buffer()
+        losses = _run(ddp, inputs, labels, mask, forward_only=False)
+        if ps.is_pipeline_last_stage() and reports:
+            out["logits"] = logits[0]["logits"]
+            out["loss"] = float(losses[0]["loss"])
+        grads = dict(iter_hf_weights(ddp, table, tensor_of=lambda p: p.main_grad))
+        if reports:
+            out["grads"] = grads
+        results[name] = out
+        dist.barrier()
+    return results
