@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import queue as queue_mod
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +36,9 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs:
         import torch
 
         torch.set_num_threads(1)
-        result = fn(*args, **kwargs)
+        # plain pickle copies tensors by value: torch's shared-memory reductions would need this
+        # process alive when the parent unpickles
+        result = pickle.dumps(fn(*args, **kwargs))
         queue.put((rank, True, result))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         queue.put((rank, False, traceback.format_exc()))
@@ -71,12 +75,12 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 9
         for _ in range(world_size):
             try:
                 rank, ok, value = queue.get(timeout=timeout_s)
-            except Exception as e:  # queue.Empty
+            except queue_mod.Empty as e:
                 raise TimeoutError(f"ranks did not finish within {timeout_s} s") from e
             if not ok and failure is None:
                 failure = (rank, value)
                 break
-            results[rank] = value
+            results[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=5 if failure else 60)

@@ -49,8 +49,11 @@ class HFCheckpoint:
                 )
             weight_map = {}
             for f in files:
-                with safe_open(f, "pt") as sf:
-                    weight_map.update(dict.fromkeys(sf.keys(), f.name))
+                try:
+                    with safe_open(f, "pt") as sf:
+                        weight_map.update(dict.fromkeys(sf.keys(), f.name))
+                except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+                    raise CheckpointError(f"{f} is not a readable safetensors file ({e}): re-download it") from e
         self.files = {canonical_name(k): (self.path / v, k) for k, v in weight_map.items()}
         for file, _ in set(self.files.values()):
             if not file.is_file():
@@ -95,9 +98,9 @@ class HFCheckpoint:
 class ShardedWriter:
     """Writes (name, tensor) pairs into safetensors files of at most max_shard_mb each."""
 
-    def __init__(self, out_dir: "str | os.PathLike", prefix: str, max_shard_mb: int = 4096):
+    def __init__(self, out_dir: "str | os.PathLike", prefix: str, max_shard_mb: float = 4096):
         self.out_dir, self.prefix = Path(out_dir), prefix
-        self.limit = max_shard_mb * 2**20
+        self.limit = int(max_shard_mb * 2**20)
         self.buffer: dict[str, torch.Tensor] = {}
         self.size = 0
         self.written: list[tuple[str, list[str]]] = []  # (file name, tensor names)

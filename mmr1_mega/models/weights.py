@@ -100,7 +100,7 @@ def export_hf(
     out_dir: "str | os.PathLike",
     assets_dir: "str | os.PathLike | None",
     dtype: "torch.dtype | None" = None,
-    max_shard_mb: int = 4096,
+    max_shard_mb: float = 4096,
 ) -> None:
     """Write the model as an HF directory: sharded safetensors + index, plus config / tokenizer / processor
     files copied from assets_dir. Collective over all ranks; the first TP / DP rank of each pipeline stage

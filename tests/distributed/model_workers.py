@@ -105,3 +105,28 @@ def logits_and_grads(hf_dir: str, batch: dict, labels: torch.Tensor, layouts: li
         results[name] = out
         dist.barrier()
     return results
+
+
+def load_and_export(hf_dir: str, out: str, tp: int, pp: int, max_shard_mb: float) -> None:
+    """Load an HF directory at TP x PP and export it back to HF."""
+    from mmr1_mega.models.weights import export_hf
+
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    initialize_model_parallel(tp, pp)
+    model, family = build_model(hf_config)
+    table = family.weight_table(hf_config)
+    load_hf_weights(model, hf_dir, table)
+    export_hf(model, table, out, hf_dir, max_shard_mb=max_shard_mb)
+
+
+def load_ckpt_logits(ckpt_dir: str, batch: dict) -> torch.Tensor:
+    """Single rank: load a distributed checkpoint at TP=1 and return full logits."""
+    from mmr1_mega.models.checkpoint import ASSETS, load_model_checkpoint
+
+    hf_config = AutoConfig.from_pretrained(f"{ckpt_dir}/{ASSETS}")
+    initialize_model_parallel(1, 1)
+    model, _ = build_model(hf_config)
+    load_model_checkpoint(model, ckpt_dir)
+    model.eval()
+    with torch.no_grad():
+        return model(**_model_inputs(hf_config, batch))

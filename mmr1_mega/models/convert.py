@@ -1,0 +1,133 @@
+"""Checkpoint converters: HF directory <-> megatron distributed checkpoint, at any TP / PP layout.
+
+    mmr1-mega convert hf-to-mcore --hf-dir Qwen2.5-VL-7B --out ckpt/ --tp 2 --pp 2
+    mmr1-mega convert mcore-to-hf --ckpt ckpt/ --out Qwen2.5-VL-7B-rl/ [--dtype bf16]
+
+Started plainly, the converter forks TP*PP local ranks (gloo on CPU); under torchrun it uses the ranks it
+is given (nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def _hf_to_mcore_rank(hf_dir: str, out: str, tp: int, pp: int, dtype: str) -> None:
+    from mmr1_mega.distributed.init import initialize_model_parallel
+    from mmr1_mega.models.build import build_model
+    from mmr1_mega.models.checkpoint import save_model_checkpoint
+    from mmr1_mega.models.hf_io import HFCheckpoint
+    from mmr1_mega.models.weights import load_hf_weights
+
+    initialize_model_parallel(tp, pp)
+    ckpt = HFCheckpoint(hf_dir)
+    hf_config = ckpt.config()
+    model, family = build_model(hf_config, dtype=dtype)
+    load_hf_weights(model, ckpt, family.weight_table(hf_config))
+    save_model_checkpoint(model, out, hf_dir)
+
+
+def _mcore_to_hf_rank(ckpt_dir: str, out: str, tp: int, pp: int, dtype: "str | None", max_shard_mb: float) -> None:
+    from transformers import AutoConfig
+
+    from mmr1_mega.distributed.init import initialize_model_parallel
+    from mmr1_mega.models.build import build_model
+    from mmr1_mega.models.checkpoint import check_model_checkpoint, load_model_checkpoint
+    from mmr1_mega.models.qwen_vl.bridge import DTYPES as TORCH_DTYPES
+    from mmr1_mega.models.weights import export_hf
+
+    assets = check_model_checkpoint(ckpt_dir)
+    initialize_model_parallel(tp, pp)
+    hf_config = AutoConfig.from_pretrained(assets)
+    model, family = build_model(hf_config)
+    load_model_checkpoint(model, ckpt_dir)
+    export_hf(
+        model,
+        family.weight_table(hf_config),
+        out,
+        assets,
+        dtype=TORCH_DTYPES[dtype] if dtype else None,
+        max_shard_mb=max_shard_mb,
+    )
+    if dtype:
+        _set_config_dtype(out, dtype)
+
+
+def _set_config_dtype(out: str, dtype: str) -> None:
+    import torch.distributed as dist
+
+    if dist.get_rank() != 0:
+        return
+    path = Path(out) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def _check_hf_dir(hf_dir: str, tp: int, pp: int) -> None:
+    """Fail before launching ranks: missing directory, unknown model type, layout that does not fit."""
+    from mmr1_mega.models.hf_io import HFCheckpoint
+    from mmr1_mega.models.qwen_vl.bridge import check_layout
+    from mmr1_mega.models.registry import get_family
+
+    cfg = HFCheckpoint(hf_dir).config()
+    get_family(cfg.model_type)
+    check_layout(cfg, tp, pp, False)
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """Entry point of `mmr1-mega convert`; returns a process exit code."""
+    parser = argparse.ArgumentParser(prog="mmr1-mega convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("hf-to-mcore", help="HF directory -> megatron distributed checkpoint")
+    a.add_argument("--hf-dir", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--tp", type=int, default=1)
+    a.add_argument("--pp", type=int, default=1)
+    a.add_argument("--dtype", choices=DTYPES, default="fp32", help="parameter dtype of the saved checkpoint")
+    b = sub.add_parser("mcore-to-hf", help="megatron distributed checkpoint (any layout) -> HF directory")
+    b.add_argument("--ckpt", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--tp", type=int, default=1, help="layout used for the conversion (any works)")
+    b.add_argument("--pp", type=int, default=1)
+    b.add_argument("--dtype", choices=DTYPES, default=None, help="cast the exported weights")
+    b.add_argument("--max-shard-mb", type=float, default=4096)
+    args = parser.parse_args(argv)
+
+    from mmr1_mega.distributed.launch import RankFailed, run_on_ranks
+    from mmr1_mega.models.hf_io import CheckpointError
+
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    start = time.time()
+    try:
+        if args.direction == "hf-to-mcore":
+            _check_hf_dir(args.hf_dir, args.tp, args.pp)
+            run_on_ranks(_hf_to_mcore_rank, args.tp * args.pp, args.hf_dir, args.out, args.tp, args.pp, args.dtype)
+        else:
+            from mmr1_mega.models.checkpoint import check_model_checkpoint
+
+            check_model_checkpoint(args.ckpt)
+            run_on_ranks(
+                _mcore_to_hf_rank, args.tp * args.pp, args.ckpt, args.out, args.tp, args.pp, args.dtype, args.max_shard_mb
+            )
+    except (CheckpointError, ValueError) as e:
+        print(f"mmr1-mega convert: error: {e}", file=sys.stderr)
+        return 2
+    except RankFailed as e:
+        last = str(e).strip().splitlines()[-1]
+        print(f"mmr1-mega convert: error: {last}\n(full traceback above)", file=sys.stderr)
+        print(str(e), file=sys.stderr)
+        return 1
+    print(json.dumps({"direction": args.direction, "out": args.out, "seconds": round(time.time() - start, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
