@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -54,13 +55,14 @@ def rescore(
         score_fn: prompt indices -> one RolloutOutcomes per index, in order (the trainer wraps its rollout
             engine, generating cfg.n_rollouts responses per prompt).
         cfg: VASConfig.
-        progress: show a rich progress bar (default cfg.progress).
+        progress: show a rich progress bar on stderr when it is a terminal (default cfg.progress).
     Returns:
         PromptScores aligned with indices.
     Raises:
         ValueError: if score_fn returns a wrong number of outcomes or a wrong type.
     """
-    show = cfg.progress if progress is None else progress
+    # A live bar only makes sense on a terminal; in batch logs (slurm) it would print empty lines.
+    show = (cfg.progress if progress is None else progress) and Console(stderr=True).is_terminal
     parts: list[PromptScores] = []
     columns = (
         TextColumn("VAS refresh"),
@@ -70,7 +72,7 @@ def rescore(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not show, transient=True) as bar:
         task = bar.add_task("refresh", total=int(indices.size))
         for s in range(0, indices.size, cfg.chunk_prompts):
             chunk = indices[s : s + cfg.chunk_prompts].tolist()
