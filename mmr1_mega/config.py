@@ -1,0 +1,302 @@
+"""Configuration: dataclasses with working defaults, YAML files over them, dotted CLI overrides over YAML.
+
+    cfg = load_config("examples/demo_cpu.yaml", ["parallel.tensor_parallel=2", "vas.mixture_ratio=0.8"])
+
+Every section validates itself; `Config.validate()` also checks what spans sections, and
+`check_against_model(hf_config)` what needs the model (TP dividing heads / query groups, PP dividing
+layers). Errors name the key and say what to do, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmr1_mega.algo.config import GRPOLossConfig
+from mmr1_mega.vas.config import VASConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """hf_path: HF directory of the policy (config, tokenizer, processor, safetensors weights).
+    reference_path: HF directory of the KL reference ("" = the initial policy). dtype: fp32 / bf16.
+    load_checkpoint: a megatron distributed checkpoint to start from instead of hf_path's weights."""
+
+    hf_path: str = ""
+    reference_path: str = ""
+    dtype: str = "bf16"
+    recompute: bool = False
+    load_checkpoint: str = ""
+
+    def validate(self) -> None:
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"model.dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron layout. Data parallel size is world_size / (tensor_parallel * pipeline_parallel)."""
+
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+
+    def validate(self) -> None:
+        if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
+            raise ConfigError("parallel.tensor_parallel and parallel.pipeline_parallel must be >= 1")
+        if self.sequence_parallel and self.tensor_parallel == 1:
+            raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
+
+
+@dataclass
+class OptimConfig:
+    """Adam(W) through megatron's optimizer. lr schedule: constant after linear warmup, or cosine."""
+
+    lr: float = 1e-6
+    min_lr: float = 0.0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 0
+    lr_decay_style: str = "constant"
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lr_decay_style not in ("constant", "cosine", "linear"):
+            raise ConfigError(f"optim.lr_decay_style must be constant, cosine or linear, got {self.lr_decay_style!r}")
+        if self.clip_grad < 0:
+            raise ConfigError("optim.clip_grad must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class RolloutConfig:
+    """Generation. engine: local (transformers, in-process), sglang or vllm. Paper defaults (App. C)."""
+
+    engine: str = "local"
+    n_samples: int = 8
+    temperature: float = 0.6
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 2048
+    stop: list[str] = field(default_factory=list)
+    engine_tensor_parallel: int = 1
+    num_engines: int = 1
+    mem_fraction: float = 0.7
+    bucket_mb: int = 512
+    colocate: bool = True
+    server_timeout_s: float = 600.0
+
+    def validate(self) -> None:
+        if self.engine not in ("local", "sglang", "vllm"):
+            raise ConfigError(f"rollout.engine must be local, sglang or vllm, got {self.engine!r}")
+        if self.n_samples < 2:
+            raise ConfigError("rollout.n_samples must be >= 2: GRPO normalises rewards within a group")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ConfigError("rollout.max_new_tokens must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """The GRPO loop. prompts_per_step prompts x rollout.n_samples responses make one step's batch."""
+
+    steps: int = 100
+    prompts_per_step: int = 128
+    micro_batch_size: int = 4
+    ppo_epochs: int = 1
+    ppo_mini_batches: int = 1
+    seed: int = 1234
+    val_every_steps: int = 10
+    val_max_prompts: int = 512
+    output_dir: str = "outputs/run"
+
+    def validate(self) -> None:
+        for name in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "ppo_mini_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    save_every_steps: int = 50
+    keep_last: int = 2
+    resume: str = ""  # "", "auto" (latest complete checkpoint in train.output_dir) or a path
+
+    def validate(self) -> None:
+        if self.keep_last < 1:
+            raise ConfigError("checkpoint.keep_last must be >= 1")
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "auto"  # auto: online with WANDB_API_KEY, offline otherwise; or online / offline / off
+    wandb_project: str = "mmr1-mega"
+    tensorboard: bool = True
+    console_every_steps: int = 1
+
+    def validate(self) -> None:
+        if self.wandb not in ("auto", "online", "offline", "off"):
+            raise ConfigError(f"log.wandb must be auto, online, offline or off, got {self.wandb!r}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    vas: VASConfig = field(default_factory=VASConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> Config:
+        """Validate every section; raises ConfigError (ValueError) naming the key. Returns self."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            try:
+                section.validate()
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(f"{f.name}: {e}") from None
+        if self.train.micro_batch_size > self.train.prompts_per_step * self.rollout.n_samples:
+            raise ConfigError("train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)")
+        return self
+
+    def check_against_model(self, hf_config) -> None:
+        """Checks that need the model's HF config: parallel layout vs heads, query groups, layers, vocab."""
+        from mmr1_mega.models.qwen_vl.bridge import check_layout
+        from mmr1_mega.models.registry import get_family
+
+        get_family(hf_config.model_type)
+        p = self.parallel
+        try:
+            check_layout(hf_config, p.tensor_parallel, p.pipeline_parallel, p.sequence_parallel)
+        except ValueError as e:
+            raise ConfigError(f"parallel: {e}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------
+# dict / YAML / override plumbing
+# ------------------------------------------------------------------------------------------------------
+def _unknown_key(key: str, where: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+    return ConfigError(f"unknown config key {where + key!r}{hint}")
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} fits none of {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_check_type(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(hint) or (Any, Any)
+        return {k: _check_type(v, vt, key) for k, v in value.items()}
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(key, where, names)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, where + key)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: "str | Path | None" = None, overrides: "list[str] | None" = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated. Raises ConfigError / FileNotFoundError."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    for o in overrides or []:
+        apply_override(data, o)
+    return from_dict(Config, data).validate()
+
+
+def dump_config(cfg: Config, path: "str | Path") -> None:
+    """Write the full, resolved configuration as YAML (saved next to every run and checkpoint)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,94 @@
+"""Configuration: defaults, YAML, dotted overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmr1_mega.config import Config, ConfigError, dump_config, load_config
+from mmr1_mega.models.tiny import tiny_hf_config
+
+
+def test_defaults_validate_and_follow_the_paper():
+    cfg = load_config()
+    assert cfg.rollout.n_samples == 8 and cfg.rollout.temperature == 0.6
+    assert cfg.vas.mixture_ratio == 0.5 and cfg.vas.alpha == 0.8 and cfg.vas.beta == 0.2
+    assert cfg.optim.lr == 1e-6
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("parallel:\n  tensor_parallel: 2\nvas:\n  mixture_ratio: 0.3\n")
+    cfg = load_config(f, ["vas.mixture_ratio=0.8", "rollout.stop=['</answer>']", "train.output_dir=/tmp/x"])
+    assert cfg.parallel.tensor_parallel == 2
+    assert cfg.vas.mixture_ratio == 0.8
+    assert cfg.rollout.stop == ["</answer>"]
+    assert cfg.train.output_dir == "/tmp/x"
+
+
+def test_union_typed_field_takes_either_form():
+    assert load_config(None, ["vas.tds_metric=distinct_n"]).vas.tds_metric == "distinct_n"
+    cfg = load_config(None, ["vas.tds_metric={self_bleu: 0.5, distinct_n: 0.5}"])
+    assert cfg.vas.tds_metric == {"self_bleu": 0.5, "distinct_n": 0.5}
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'vas.mixture_ration'.*did you mean 'mixture_ratio'"):
+        load_config(None, ["vas.mixture_ration=0.5"])
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown config key 'optimiser'"):
+        load_config(None, ["optimiser.lr=1"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="parallel.tensor_parallel: expected an integer"):
+        load_config(None, ["parallel.tensor_parallel=two"])
+
+
+def test_section_validation_runs():
+    with pytest.raises(ConfigError, match="sequence_parallel needs"):
+        load_config(None, ["parallel.sequence_parallel=true"])
+    with pytest.raises(ConfigError, match="n_samples must be >= 2"):
+        load_config(None, ["rollout.n_samples=1"])
+    with pytest.raises(ValueError, match="mixture_ratio"):
+        load_config(None, ["vas.mixture_ratio=1.5"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["vas.mixture_ratio"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["parallel.tensor_parallel=3"], r"attention heads \(4\) % tensor_parallel \(3\)"),
+        (["parallel.tensor_parallel=4"], r"query groups / kv heads \(2\) % tensor_parallel \(4\)"),
+        (["parallel.pipeline_parallel=3"], r"layers \(4\) % pipeline_parallel \(3\)"),
+    ],
+)
+def test_layout_checked_against_the_model(overrides, message):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        cfg.check_against_model(tiny_hf_config())
+
+
+def test_unknown_model_type_is_refused():
+    cfg = Config()
+    hf = tiny_hf_config()
+    hf.model_type = "llama"
+    with pytest.raises(ValueError, match="model_type 'llama' is not supported"):
+        cfg.check_against_model(hf)
+
+
+def test_dump_and_reload_round_trips(tmp_path):
+    cfg = load_config(None, ["vas.mixture_ratio=0.7", "parallel.tensor_parallel=2"])
+    dump_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
