@@ -1,0 +1,254 @@
+"""The megatron actor: a TP x PP x DP Qwen-VL policy (or frozen reference) with logprobs and a GRPO step.
+
+Every rank of the job holds one MegatronActor. Batches given to it are this data-parallel rank's share;
+results computed on the last pipeline stage (log-probabilities, loss metrics) stay there, and
+`reduce_metrics` brings metrics to every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from mmr1_mega.actor.batch import RolloutBatch
+from mmr1_mega.algo.config import GRPOLossConfig
+from mmr1_mega.distributed.cpu import device
+from mmr1_mega.models.build import build_model
+from mmr1_mega.models.qwen_vl.bridge import DTYPES
+from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
+from mmr1_mega.ops.grpo import grpo_loss
+
+
+def token_logprobs(vocab_parallel_logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(input_ids[:, t] | tokens < t) from vocab-parallel logits [b, s, v/TP]; position 0 gets 0.
+
+    Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution
+    the rollout engine sampled from (as verl / slime do). Differentiable; fp32.
+    """
+    logits = vocab_parallel_logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    nll = tensor_parallel.vocab_parallel_cross_entropy(logits.contiguous(), input_ids[:, 1:].contiguous())
+    return torch.nn.functional.pad(-nll, (1, 0))
+
+
+def _to_device(mb: RolloutBatch) -> dict:
+    dev = device()
+    return dict(
+        input_ids=mb.input_ids.to(dev),
+        position_ids=mb.position_ids.to(dev),
+        pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(dev),
+        image_grid_thw=None if mb.image_grid_thw is None else mb.image_grid_thw.to(dev),
+    )
+
+
+class MegatronActor:
+    """Policy (trainable) or reference (frozen) model on the current megatron layout.
+
+    hf_config: the model's transformers config; weights_dir: HF directory to load weights from.
+    train: build DDP + optimizer + LR schedule. optim: mmr1_mega.config.OptimConfig (train only).
+    """
+
+    def __init__(
+        self,
+        hf_config,
+        weights_dir: str,
+        dtype: str = "bf16",
+        sequence_parallel: bool = False,
+        recompute: bool = False,
+        train: bool = True,
+        optim=None,
+        use_distributed_optimizer: bool = False,
+        total_steps: int = 1,
+        micro_batch_size: int = 4,
+    ):
+        self.hf_config = hf_config
+        self.micro_batch_size = micro_batch_size
+        model, self.family = build_model(hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute)
+        self.table = self.family.weight_table(hf_config)
+        load_hf_weights(model, weights_dir, self.table)
+        self.config = model.config
+        self.seq_multiple = ps.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
+        self.train_mode = train
+        if not train:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.model = model.eval()
+            return
+        self.model = DistributedDataParallel(
+            self.config,
+            DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True, use_distributed_optimizer=use_distributed_optimizer, overlap_grad_reduce=False
+            ),
+            model,
+        )
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.no_sync_func = self.model.no_sync
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam",
+                lr=optim.lr,
+                min_lr=optim.min_lr,
+                weight_decay=optim.weight_decay,
+                adam_beta1=optim.adam_beta1,
+                adam_beta2=optim.adam_beta2,
+                adam_eps=optim.adam_eps,
+                clip_grad=optim.clip_grad,
+                bf16=dtype == "bf16",
+                fp16=dtype == "fp16",
+                params_dtype=DTYPES[dtype],
+                use_distributed_optimizer=use_distributed_optimizer,
+            ),
+            [self.model],
+        )
+        self.clip_grad = optim.clip_grad
+        decay_steps = max(total_steps - optim.warmup_steps, 1)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if optim.warmup_steps else optim.lr,
+            max_lr=optim.lr,
+            min_lr=optim.min_lr if optim.lr_decay_style != "constant" else optim.lr,
+            lr_warmup_steps=optim.warmup_steps,
+            lr_decay_steps=decay_steps + optim.warmup_steps,
+            lr_decay_style=optim.lr_decay_style,
+            start_wd=optim.weight_decay,
+            end_wd=optim.weight_decay,
+            wd_incr_steps=1,
+            wd_incr_style="constant",
+        )
+
+    # -------------------------------------------------------------------------------------------- forward
+    def _run(self, batch: RolloutBatch, loss_fn, forward_only: bool) -> list:
+        micro = batch.micro_batches(self.micro_batch_size, self.seq_multiple)
+        tensors = [(_to_device(mb), mb) for mb in micro]
+        # micro-batches differ in length: variable_seq_lengths (TransformerConfig) lets the pipeline
+        # schedule exchange shapes per micro-batch
+
+        def forward_step(data_iterator, model):
+            inputs, mb = next(data_iterator)
+            out = model(**inputs)
+            return out, partial(loss_fn, mb)
+
+        seq = max(mb.seq_len for _, mb in tensors)
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(tensors),
+            model=[self.model],
+            num_microbatches=len(tensors),
+            seq_length=seq,
+            micro_batch_size=self.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> "torch.Tensor | None":
+        """Per-token log-probs [B, S] (aligned with input_ids) on the last pipeline stage; None elsewhere."""
+        was_training = self.model.training
+        self.model.eval()
+
+        def loss_fn(mb, logits):
+            logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
+            return logits.new_zeros(()), {"logp": logp.detach().cpu()}
+
+        outputs = self._run(batch, loss_fn, forward_only=True)
+        self.model.train(was_training)
+        if not ps.is_pipeline_last_stage():
+            return None
+        width = batch.seq_len
+        return torch.cat([torch.nn.functional.pad(o["logp"], (0, width - o["logp"].shape[1])) for o in outputs])
+
+    # ------------------------------------------------------------------------------------------- training
+    def train_step(
+        self, batch: RolloutBatch, loss_cfg: GRPOLossConfig, temperature: float = 1.0
+    ) -> dict[str, float]:
+        """One optimizer step of GRPO on this DP rank's batch (advantages, old_logp, ref_logp filled in).
+
+        The loss is normalised over the whole step's batch across data-parallel ranks (token count for
+        token-mean, sequence count otherwise), whatever the micro-batching. A non-finite grad norm skips
+        the update: weights and optimizer state stay unchanged. Returns metrics (on every rank).
+        """
+        t0 = time.perf_counter()
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        dp_group = ps.get_data_parallel_group()
+        dp = ps.get_data_parallel_world_size()
+        if loss_cfg.loss_agg_mode == "token-mean":
+            local = batch.response_mask.sum()
+        else:
+            local = torch.tensor(len(batch))
+        normaliser = local.to(torch.float64).clone()
+        dist.all_reduce(normaliser, group=dp_group)
+        normaliser = float(normaliser.clamp(min=1))
+        num_micro = math.ceil(len(batch) / self.micro_batch_size)
+
+        def loss_fn(mb, logits):
+            dev = logits.device
+            logp = token_logprobs(logits, mb.input_ids.to(dev), temperature)
+            loss, metrics = grpo_loss(
+                logp,
+                mb.old_logp.to(dev),
+                None if mb.ref_logp is None else mb.ref_logp.to(dev),
+                mb.response_mask.to(dev),
+                None,
+                None,
+                loss_cfg,
+                advantages=mb.advantages.to(dev),
+                loss_normaliser=normaliser,
+            )
+            # megatron divides each micro-batch loss by the number of micro-batches and DDP averages over
+            # DP ranks; the loss is already normalised over the whole step, so undo both.
+            scaled = loss * (num_micro * dp)
+            return scaled, {k: v.detach() for k, v in metrics.items()} | {"loss": loss.detach()}
+
+        outputs = self._run(batch, loss_fn, forward_only=False)
+        found_inf = self.optimizer.prepare_grads()
+        grad_norm = float("nan") if found_inf else float(self.optimizer.get_grad_norm())
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:
+            if self.clip_grad > 0:
+                for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+                    params = opt.get_parameters()
+                    if params:
+                        clip_grad_by_total_norm_fp32(params, max_norm=self.clip_grad, total_norm=grad_norm)
+            self.optimizer.step_with_ready_grads()
+            self.scheduler.step(increment=1)
+        local_metrics = {}
+        if ps.is_pipeline_last_stage() and outputs:
+            for key in outputs[0]:
+                values = torch.stack([o[key].float() for o in outputs])
+                # micro-batch losses are parts of one step-wide normalised loss: their sum over micro-batches
+                # and DP ranks is the loss (x dp here, as ranks are averaged below); other metrics are means
+                local_metrics[key] = float(values.sum() * dp if key == "loss" else values.mean())
+        metrics = reduce_metrics(local_metrics)
+        metrics.update(
+            grad_norm=grad_norm,
+            update_skipped=float(skipped),
+            lr=self.optimizer.param_groups[0]["lr"],
+            train_seconds=time.perf_counter() - t0,
+        )
+        return metrics
+
+    # --------------------------------------------------------------------------------------------- export
+    def hf_weights(self, dtype: "torch.dtype | None" = None):
+        """Stream this stage's weights with HF names (collective over the stage's TP group)."""
+        return iter_hf_weights(self.model, self.table, dtype)
+
+
+def reduce_metrics(local: dict[str, float]) -> dict[str, float]:
+    """Average metric dicts over the ranks that computed them (empty dicts elsewhere); result on all ranks."""
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    keys = sorted({k for g in gathered for k in g})
+    return {k: sum(g[k] for g in gathered if k in g) / max(1, sum(1 for g in gathered if k in g)) for k in keys}

@@ -1,0 +1,153 @@
+"""The actor's batch: prompt + response sequences, right-padded, with their images and per-sequence data.
+
+Layout (CPU tensors until a micro-batch is moved to the device):
+- input_ids [B, S]: prompt tokens then response tokens, then padding (pad id 0). Right padding needs no
+  attention mask under causal attention.
+- attention_mask [B, S]: 1 on real tokens (prompt and response), 0 on padding.
+- response_mask [B, S]: 1 on response tokens (the tokens the policy generated and is trained on).
+- position_ids [3, B, S]: mrope positions (models.qwen_vl.rope), 0 on padding.
+- pixel_values [P, D] and image_grid_thw [I, 3]: every sample's images, in sample order;
+  images_per_sample [B] says which belong to whom.
+- per sequence: rewards, group_ids, advantages [B]; per token: old_logp, ref_logp [B, S] (filled in later).
+Log-probabilities are aligned with the token they score: logp[b, t] = log p(input_ids[b, t] | tokens < t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
+
+PER_SEQUENCE = ("rewards", "group_ids", "advantages")
+PER_TOKEN = ("input_ids", "attention_mask", "response_mask", "old_logp", "ref_logp")
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    position_ids: torch.Tensor
+    pixel_values: "torch.Tensor | None"
+    image_grid_thw: "torch.Tensor | None"
+    images_per_sample: torch.Tensor
+    rewards: "torch.Tensor | None" = None
+    group_ids: "torch.Tensor | None" = None
+    advantages: "torch.Tensor | None" = None
+    old_logp: "torch.Tensor | None" = None
+    ref_logp: "torch.Tensor | None" = None
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.input_ids.shape[1]
+
+    def _patch_ranges(self) -> list[tuple[int, int]]:
+        """[start, stop) rows of pixel_values and of image_grid_thw for each sample."""
+        if self.image_grid_thw is None:
+            return [(0, 0)] * len(self)
+        patches = self.image_grid_thw.prod(-1).tolist()
+        ranges, img, row = [], 0, 0
+        for n in self.images_per_sample.tolist():
+            p = int(sum(patches[img : img + n]))
+            ranges.append((row, row + p))
+            img, row = img + n, row + p
+        return ranges
+
+    def select(self, indices: Sequence[int]) -> RolloutBatch:
+        """The samples at `indices`, in that order, trimmed to their longest real length."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in PER_SEQUENCE + PER_TOKEN and v is not None:
+                values[f.name] = v[idx]
+        values["position_ids"] = self.position_ids[:, idx]
+        values["images_per_sample"] = self.images_per_sample[idx]
+        if self.image_grid_thw is not None and int(values["images_per_sample"].sum()) > 0:
+            ranges = self._patch_ranges()
+            first_image = torch.cumsum(self.images_per_sample, 0) - self.images_per_sample
+            values["pixel_values"] = torch.cat([self.pixel_values[ranges[i][0] : ranges[i][1]] for i in idx.tolist()])
+            values["image_grid_thw"] = torch.cat(
+                [self.image_grid_thw[first_image[i] : first_image[i] + self.images_per_sample[i]] for i in idx.tolist()]
+            )
+        else:
+            values["pixel_values"] = None
+            values["image_grid_thw"] = None
+        out = RolloutBatch(**values, extras=dict(self.extras))
+        return out.trim()
+
+    def trim(self, multiple: int = 1) -> RolloutBatch:
+        """Drop padding columns beyond the longest real sequence (rounded up to `multiple`)."""
+        cols = torch.nonzero(self.attention_mask.bool().any(0))
+        length = int(cols.max()) + 1 if len(cols) else 1
+        return self.pad_to(-(-length // multiple) * multiple)
+
+    def pad_to(self, length: int) -> RolloutBatch:
+        """Right-pad (or cut padding) to exactly `length` columns."""
+        if length == self.seq_len:
+            return self
+
+        def fit(t: "torch.Tensor | None", dim: int) -> "torch.Tensor | None":
+            if t is None:
+                return None
+            if t.shape[dim] >= length:
+                return t.narrow(dim, 0, length)
+            shape = list(t.shape)
+            shape[dim] = length - t.shape[dim]
+            return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+        return replace(
+            self,
+            **{n: fit(getattr(self, n), 1) for n in PER_TOKEN},
+            position_ids=fit(self.position_ids, 2),
+        )
+
+    def micro_batches(self, size: int, multiple: int = 1) -> list[RolloutBatch]:
+        """Consecutive micro-batches of `size` samples, each trimmed to its own length."""
+        return [self.select(range(i, min(i + size, len(self)))).trim(multiple) for i in range(0, len(self), size)]
+
+
+def build_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    pixel_values: Sequence["torch.Tensor | None"],
+    image_grid_thw: Sequence["torch.Tensor | None"],
+    image_token_id: int,
+    spatial_merge_size: int,
+) -> RolloutBatch:
+    """Assemble a RolloutBatch from per-sample prompt ids, response ids and images.
+
+    pixel_values[i] / image_grid_thw[i] are sample i's images (None for a text-only prompt). A response may
+    be empty (then its sample trains on nothing).
+    """
+    n = len(prompt_ids)
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    seq = max(max(lengths), 1)
+    input_ids = torch.zeros(n, seq, dtype=torch.long)
+    attention = torch.zeros(n, seq, dtype=torch.long)
+    response_mask = torch.zeros(n, seq, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        input_ids[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attention[i, : len(p) + len(r)] = 1
+        response_mask[i, len(p) : len(p) + len(r)] = 1
+    grids = [g for g in image_grid_thw if g is not None and len(g)]
+    grid = torch.cat(grids) if grids else None
+    pix = [p for p in pixel_values if p is not None and len(p)]
+    images_per_sample = torch.tensor([0 if g is None else len(g) for g in image_grid_thw], dtype=torch.long)
+    positions, _ = mrope_position_ids(input_ids, input_ids == image_token_id, grid, spatial_merge_size, attention)
+    return RolloutBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        response_mask=response_mask,
+        position_ids=positions,
+        pixel_values=torch.cat(pix) if pix else None,
+        image_grid_thw=grid,
+        images_per_sample=images_per_sample,
+    )
