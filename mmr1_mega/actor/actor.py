@@ -178,25 +178,11 @@ class MegatronActor:
         token-mean, sequence count otherwise), whatever the micro-batching. A non-finite grad norm skips
         the update: weights and optimizer state stay unchanged. Returns metrics (on every rank).
         """
-        t0 = time.perf_counter()
-        self.model.train()
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        dp_group = ps.get_data_parallel_group()
-        dp = ps.get_data_parallel_world_size()
-        if loss_cfg.loss_agg_mode == "token-mean":
-            local = batch.response_mask.sum()
-        else:
-            local = torch.tensor(len(batch))
-        normaliser = local.to(torch.float64).clone()
-        dist.all_reduce(normaliser, group=dp_group)
-        normaliser = float(normaliser.clamp(min=1))
-        num_micro = math.ceil(len(batch) / self.micro_batch_size)
+        per_token = loss_cfg.loss_agg_mode == "token-mean"
 
-        def loss_fn(mb, logits):
-            dev = logits.device
-            logp = token_logprobs(logits, mb.input_ids.to(dev), temperature)
-            loss, metrics = grpo_loss(
+        def loss(mb, logp, normaliser):
+            dev = logp.device
+            return grpo_loss(
                 logp,
                 mb.old_logp.to(dev),
                 None if mb.ref_logp is None else mb.ref_logp.to(dev),
@@ -207,10 +193,39 @@ class MegatronActor:
                 advantages=mb.advantages.to(dev),
                 loss_normaliser=normaliser,
             )
+
+        return self._optimizer_step(batch, loss, per_token, temperature)
+
+    def sft_step(self, batch: RolloutBatch) -> dict[str, float]:
+        """One optimizer step of supervised fine-tuning: mean negative log-likelihood of the response
+        tokens (response_mask) over the whole step's batch across DP ranks."""
+
+        def loss(mb, logp, normaliser):
+            mask = mb.response_mask.to(logp.device).float()
+            nll = -(logp * mask).sum() / normaliser
+            return nll, {"nll_token_mean": nll.detach() * normaliser / mask.sum().clamp(min=1)}
+
+        return self._optimizer_step(batch, loss, True, 1.0)
+
+    def _optimizer_step(self, batch: RolloutBatch, loss, per_token: bool, temperature: float) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        dp_group = ps.get_data_parallel_group()
+        dp = ps.get_data_parallel_world_size()
+        local = batch.response_mask.sum() if per_token else torch.tensor(len(batch))
+        normaliser = local.to(torch.float64).clone()
+        dist.all_reduce(normaliser, group=dp_group)
+        normaliser = float(normaliser.clamp(min=1))
+        num_micro = math.ceil(len(batch) / self.micro_batch_size)
+
+        def loss_fn(mb, logits):
+            logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
+            value, metrics = loss(mb, logp, normaliser)
             # megatron divides each micro-batch loss by the number of micro-batches and DDP averages over
             # DP ranks; the loss is already normalised over the whole step, so undo both.
-            scaled = loss * (num_micro * dp)
-            return scaled, {k: v.detach() for k, v in metrics.items()} | {"loss": loss.detach()}
+            return value * (num_micro * dp), {k: v.detach() for k, v in metrics.items()} | {"loss": value.detach()}
 
         outputs = self._run(batch, loss_fn, forward_only=False)
         found_inf = self.optimizer.prepare_grads()

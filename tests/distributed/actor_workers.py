@@ -21,6 +21,7 @@ LAYOUTS = {
     "pp2-dp2": (1, 2, False, False, 1),
     "tp1-dp4-distopt": (1, 1, False, True, 1),
     "tp2pp2-sp": (2, 2, True, False, 2),
+    "tp2-dp2-distopt": (2, 1, False, True, 1),
 }
 
 
@@ -54,3 +55,35 @@ def actor_step(hf_dir: str, batch, loss_cfg, optim_kwargs: dict, layouts: list[s
         results[name] = out
         dist.barrier()
     return results
+
+
+def steps_with_checkpoint(hf_dir, batches, loss_cfg, optim_kwargs, layout, ckpt_dir, save_after, start_from):
+    """Run GRPO steps on `batches`; save the actor state after step `save_after` (if not None) or first
+    load it from ckpt_dir and run only batches[start_from:]. Returns per-step losses and final weights."""
+    from mmr1_mega.actor.state import load_actor_state, save_actor_state
+
+    tp, pp, sp, distopt, mbs = LAYOUTS[layout] if layout in LAYOUTS else (1, 1, False, False, 2)
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    initialize_model_parallel(tp, pp, seed=3)
+    actor = MegatronActor(
+        hf_config, hf_dir, dtype="fp32", sequence_parallel=sp, optim=OptimConfig(**optim_kwargs),
+        use_distributed_optimizer=distopt, micro_batch_size=mbs, total_steps=len(batches),
+    )
+    if start_from:
+        load_actor_state(actor, ckpt_dir)
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    losses = []
+    for i, batch in enumerate(batches):
+        if i < start_from:
+            continue
+        local = batch.select(list(range(dp_rank, len(batch), dp)))
+        m = actor.train_step(local, loss_cfg)
+        losses.append((m["loss"], m["grad_norm"], m["lr"]))
+        if save_after is not None and i == save_after:
+            if dist.get_rank() == 0:
+                os.makedirs(ckpt_dir, exist_ok=True)
+            dist.barrier()
+            save_actor_state(actor, ckpt_dir)
+    weights = dict(actor.hf_weights())
+    keep = ps.get_tensor_model_parallel_rank() == 0 and dp_rank == 0
+    return {"losses": losses, "weights": weights if keep else {}}
