@@ -82,7 +82,9 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPO
     return centred
 
 
-def reward_metrics(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOLossConfig) -> dict[str, torch.Tensor]:
+def reward_metrics(
+    rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GRPOLossConfig
+) -> dict[str, torch.Tensor]:
     """Batch-level reward statistics as 0-dim device tensors (no host sync).
 
     Takes:

@@ -65,7 +65,9 @@ def policy_loss_per_token(
     return loss, clipped_low, clipped_high, dual
 
 
-def aggregation_weights(mask: torch.Tensor, cfg: GRPOLossConfig, loss_normaliser: Normaliser = None) -> torch.Tensor:
+def aggregation_weights(
+    mask: torch.Tensor, cfg: GRPOLossConfig, loss_normaliser: Normaliser = None
+) -> torch.Tensor:
     """Per-sequence weight ``c_i`` such that the aggregated loss is ``sum_i c_i * sum_t mask * tok``.
 
     Takes:
@@ -171,21 +173,33 @@ def check_loss_inputs(
         ValueError: one line naming the offending input and the expected layout.
     """
     cfg.validate()
-    if logp.dim() != 2:
-        raise ValueError(f"logp has shape {tuple(logp.shape)}; expected [num_seqs, max_len] padded with a mask")
+    if logp.dim() != 2 or logp.numel() == 0:
+        raise ValueError(
+            f"logp has shape {tuple(logp.shape)}; expected a non-empty [num_seqs, max_len] padded with a mask"
+        )
     named = {"old_logp": old_logp, "mask": mask} | ({"ref_logp": ref_logp} if ref_logp is not None else {})
     for name, t in named.items():
         if t.shape != logp.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but logp has {tuple(logp.shape)}; pad both alike")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but logp has {tuple(logp.shape)}; pad both alike"
+            )
     if cfg.kl_coef > 0 and ref_logp is None:
-        raise ValueError(f"kl_coef={cfg.kl_coef} needs ref_logp; pass the reference logprobs or set kl_coef=0")
+        raise ValueError(
+            f"kl_coef={cfg.kl_coef} needs ref_logp; pass the reference logprobs or set kl_coef=0"
+        )
     num_seqs = logp.shape[0]
     if advantages is None:
         if rewards is None or group_ids is None:
-            raise ValueError("pass rewards and group_ids, or precomputed advantages= (see compute_advantages)")
+            raise ValueError(
+                "pass rewards and group_ids, or precomputed advantages= (see compute_advantages)"
+            )
     elif advantages.shape != (num_seqs,):
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}; expected [num_seqs]=[{num_seqs}]")
     if rewards is not None and group_ids is not None:
         check_group_inputs(rewards, group_ids)
         if rewards.shape[0] != num_seqs:
             raise ValueError(f"rewards has {rewards.shape[0]} entries but logp has {num_seqs} sequences")
+    others = named | {"rewards": rewards, "group_ids": group_ids, "advantages": advantages}
+    for name, t in others.items():
+        if t is not None and t.device != logp.device:
+            raise ValueError(f"{name} is on {t.device} but logp is on {logp.device}; move them to one device")

@@ -69,7 +69,9 @@ def grpo_loss(
         logp, old_logp, ref_logp, mask, rewards, group_ids, advantages, loss_normaliser, cfg
     )
     names = kernels().METRIC_NAMES
-    metrics = {name: metric_vec[k] for k, name in enumerate(names) if has_rewards or name not in _REWARD_METRICS}
+    metrics = {
+        name: metric_vec[k] for k, name in enumerate(names) if has_rewards or name not in _REWARD_METRICS
+    }
     return loss, metrics
 
 

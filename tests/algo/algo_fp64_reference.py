@@ -39,9 +39,25 @@ def fp64_kl(x: torch.Tensor, ref: torch.Tensor, estimator: str) -> torch.Tensor:
 
 
 def fp64_grpo(
-    logp, old, ref, mask, rewards, group_ids, *, clip_low=0.2, clip_high=0.2, dual_c=None, kl_coef=0.0,
-    kl="low_var_kl", agg="token-mean", unbiased=True, norm_by_std=True, eps=1e-6, advantages=None,
-    normaliser=None, norm_length=None,
+    logp,
+    old,
+    ref,
+    mask,
+    rewards,
+    group_ids,
+    *,
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_c=None,
+    kl_coef=0.0,
+    kl="low_var_kl",
+    agg="token-mean",
+    unbiased=True,
+    norm_by_std=True,
+    eps=1e-6,
+    advantages=None,
+    normaliser=None,
+    norm_length=None,
 ):
     """Returns (loss, grad wrt logp as fp64, metrics dict of Python floats)."""
     x = logp.detach().to(torch.float64).requires_grad_()
@@ -136,10 +152,18 @@ def make_batch(group_sizes, max_len, *, seed, dtype=torch.float32, empty_rows=()
     logp = -3.0 * torch.rand(num_seqs, max_len, generator=gen)
     old = logp + 0.6 * torch.randn(num_seqs, max_len, generator=gen)
     ref = logp + 0.5 * torch.randn(num_seqs, max_len, generator=gen)
+    logp, old, ref = logp.to(dtype), old.to(dtype), ref.to(dtype)
+    # Keep every ratio clear of the clip bounds the tests use, so that a 1-ulp difference between two exp
+    # implementations cannot flip a clip decision (and the gradient of that token with it).
+    ratio = torch.exp(logp.float() - old.float())
+    near = torch.zeros_like(mask)
+    for bound in (0.8, 1.2, 1.28, 2.0, 3.0):
+        near |= (ratio - bound).abs() < 1e-3
+    old = torch.where(near, logp, old)
     for t in (logp, old, ref):
         t[~mask] = float("inf")
     if reward == "binary":
         rewards = torch.randint(0, 2, (num_seqs,), generator=gen).to(torch.float32)
     else:
         rewards = torch.rand(num_seqs, generator=gen)
-    return logp.to(dtype), old.to(dtype), ref.to(dtype), mask, rewards, group_ids
+    return logp, old, ref, mask, rewards, group_ids

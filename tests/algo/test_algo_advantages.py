@@ -39,7 +39,8 @@ def test_advantages_do_not_depend_on_the_order_of_sequences():
     perm = torch.randperm(len(rewards))
     cfg = GRPOLossConfig()
     torch.testing.assert_close(
-        compute_advantages(rewards, group_ids, cfg)[perm], compute_advantages(rewards[perm], group_ids[perm], cfg)
+        compute_advantages(rewards, group_ids, cfg)[perm],
+        compute_advantages(rewards[perm], group_ids[perm], cfg),
     )
 
 

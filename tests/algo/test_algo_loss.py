@@ -18,19 +18,36 @@ def _check(cfg, batch, advantages=None, normaliser=None, ref=True):
     logp, old, ref_logp, mask, rewards, group_ids = batch
     ref_logp = ref_logp if ref else None
     x = logp.clone().requires_grad_()
-    loss, metrics = grpo_loss_reference(x, old, ref_logp, mask, rewards, group_ids, cfg, advantages, normaliser)
+    loss, metrics = grpo_loss_reference(
+        x, old, ref_logp, mask, rewards, group_ids, cfg, advantages, normaliser
+    )
     (grad,) = torch.autograd.grad(loss, x)
     want_loss, want_grad, want_metrics = fp64_grpo(
-        logp, old, ref_logp, mask, rewards, group_ids, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-        dual_c=cfg.dual_clip_c, kl_coef=cfg.kl_coef, kl=cfg.kl_estimator, agg=cfg.loss_agg_mode,
-        unbiased=cfg.std_unbiased, norm_by_std=cfg.norm_adv_by_std, eps=cfg.adv_eps, advantages=advantages,
-        normaliser=normaliser, norm_length=cfg.norm_length,
+        logp,
+        old,
+        ref_logp,
+        mask,
+        rewards,
+        group_ids,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        dual_c=cfg.dual_clip_c,
+        kl_coef=cfg.kl_coef,
+        kl=cfg.kl_estimator,
+        agg=cfg.loss_agg_mode,
+        unbiased=cfg.std_unbiased,
+        norm_by_std=cfg.norm_adv_by_std,
+        eps=cfg.adv_eps,
+        advantages=advantages,
+        normaliser=normaliser,
+        norm_length=cfg.norm_length,
     )
-    assert loss.item() == pytest.approx(want_loss, rel=1e-4, abs=1e-6)
-    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=1e-7)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
+    # fp32 vs fp64: rounding is absolute (e.g. exp(x) - 1 near 0), so bound it by the largest gradient.
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-4, atol=1e-5 * float(want_grad.abs().max()))
     assert set(metrics) == set(want_metrics)
     for name, value in want_metrics.items():
-        assert metrics[name].item() == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        assert metrics[name].item() == pytest.approx(value, rel=1e-4, abs=1e-5), name
     return loss, grad, metrics
 
 
@@ -38,7 +55,9 @@ def _check(cfg, batch, advantages=None, normaliser=None, ref=True):
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_reference_matches_fp64_for_every_aggregation_mode_and_kl_estimator(mode, estimator):
     cfg = GRPOLossConfig(loss_agg_mode=mode, kl_estimator=estimator, kl_coef=0.05, clip_high=0.28)
-    _, _, metrics = _check(cfg, make_batch([4, 1, 6, 3, 2], 24, seed=_seed(), empty_rows=(2,)))
+    _, _, metrics = _check(
+        cfg, make_batch([4, 1, 6, 3, 2], 24, seed=_seed(), empty_rows=(2,), reward="uniform")
+    )
     assert metrics["pg_clipfrac_low"] > 0 and metrics["pg_clipfrac_high"] > 0
 
 
@@ -79,7 +98,9 @@ def test_precomputed_advantages_give_the_same_loss_as_rewards():
 def test_all_masked_batch_gives_zero_loss_and_finite_metrics():
     logp, old, ref, mask, rewards, group_ids = make_batch([2, 2], 8, seed=_seed())
     x = logp.clone().requires_grad_()
-    loss, metrics = grpo_loss_reference(x, old, ref, torch.zeros_like(mask), rewards, group_ids, GRPOLossConfig())
+    loss, metrics = grpo_loss_reference(
+        x, old, ref, torch.zeros_like(mask), rewards, group_ids, GRPOLossConfig()
+    )
     (grad,) = torch.autograd.grad(loss, x)
     assert loss.item() == 0.0 and grad.eq(0).all()
     assert all(torch.isfinite(v) for v in metrics.values())
@@ -98,8 +119,17 @@ def test_padded_positions_are_ignored_whatever_they_hold():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("clip_low", 1.5), ("clip_high", -0.1), ("dual_clip_c", 0.9), ("kl_coef", -1.0), ("kl_estimator", "k7"),
-     ("loss_agg_mode", "sum"), ("adv_eps", -1e-6), ("log_ratio_clamp", 0.0), ("norm_length", 0)],
+    [
+        ("clip_low", 1.5),
+        ("clip_high", -0.1),
+        ("dual_clip_c", 0.9),
+        ("kl_coef", -1.0),
+        ("kl_estimator", "k7"),
+        ("loss_agg_mode", "sum"),
+        ("adv_eps", -1e-6),
+        ("log_ratio_clamp", 0.0),
+        ("norm_length", 0),
+    ],
 )
 def test_config_validate_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

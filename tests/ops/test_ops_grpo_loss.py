@@ -25,6 +25,11 @@ def _run(fn, logp, *args, **kwargs):
     return loss, metrics, grad
 
 
+def _assert_grad_close(got, want, rel=1e-5):
+    """Relative to the largest gradient: fp32 rounding (e.g. exp(x) - 1 near 0) is absolute, not per element."""
+    torch.testing.assert_close(got.float(), want.float(), rtol=rel, atol=rel * float(want.abs().max()))
+
+
 def _compare(cfg, batch, advantages=None, normaliser=None, ref=True):
     """Kernel vs reference on the same inputs; returns the kernel's (loss, metrics, grad)."""
     logp, old, ref_logp, mask, rewards, group_ids = batch
@@ -32,15 +37,12 @@ def _compare(cfg, batch, advantages=None, normaliser=None, ref=True):
     kw = dict(advantages=advantages, loss_normaliser=normaliser)
     got = _run(grpo_loss, logp, *args, **kw)
     want = _run(grpo_loss_reference, logp, *args, **kw)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     assert got[2].dtype == logp.dtype
-    if logp.dtype == torch.bfloat16:
-        torch.testing.assert_close(got[2].float(), want[2].float(), rtol=1.6e-2, atol=1e-6)
-    else:
-        torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-7)
+    _assert_grad_close(got[2], want[2], rel=1.6e-2 if logp.dtype == torch.bfloat16 else 1e-5)
     assert set(got[1]) == set(want[1])
     for name in want[1]:
-        torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-5, atol=1e-5, msg=name)
     return got
 
 
@@ -48,7 +50,9 @@ def _compare(cfg, batch, advantages=None, normaliser=None, ref=True):
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_kernel_matches_reference_for_every_aggregation_mode_and_kl_estimator(mode, estimator):
     cfg = GRPOLossConfig(loss_agg_mode=mode, kl_estimator=estimator, kl_coef=0.05, clip_high=0.28)
-    _, metrics, _ = _compare(cfg, make_batch([4, 1, 6, 3, 2], 40, seed=_seed(), empty_rows=(5,)))
+    _, metrics, _ = _compare(
+        cfg, make_batch([4, 1, 6, 3, 2], 40, seed=_seed(), empty_rows=(5,), reward="uniform")
+    )
     assert metrics["pg_clipfrac_low"] > 0 and metrics["pg_clipfrac_high"] > 0
 
 
@@ -71,7 +75,7 @@ def test_kernel_matches_reference_for_single_member_groups_and_fully_masked_sequ
     batch = make_batch([1, 1, 5, 1, 2, 1], 24, seed=_seed(), empty_rows=(0, 3, 7), reward="uniform")
     _, metrics, grad = _compare(cfg, batch)
     assert grad[[0, 3, 7]].eq(0).all()
-    assert metrics["zero_std_group_frac"] >= 4 / 6
+    assert metrics["zero_std_group_frac"].item() == pytest.approx(4 / 6)
 
 
 def test_all_equal_rewards_give_zero_advantage_zero_policy_grad_and_no_nan():
@@ -98,8 +102,8 @@ def test_precomputed_advantages_give_the_kernel_the_same_loss_as_rewards():
     a, _, grad_a = _run(grpo_loss, logp, old, ref, mask, rewards, group_ids, cfg)
     adv = compute_advantages(rewards, group_ids, cfg)
     b, _, grad_b = _run(grpo_loss, logp, old, ref, mask, None, None, cfg, advantages=adv)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(grad_a, grad_b, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _assert_grad_close(grad_a, grad_b)
 
 
 @pytest.mark.parametrize("unbiased", [True, False])
@@ -129,12 +133,22 @@ def test_micro_batches_with_batch_advantages_and_global_normaliser_add_up_to_the
     parts = [torch.arange(k, 16, 3) for k in range(3)]
     total, grad = torch.zeros(()), torch.zeros_like(full_grad)
     for idx in parts:
-        loss, _, g = _run(grpo_loss, logp[idx], old[idx], ref[idx], mask[idx], None, None, cfg,
-                          advantages=adv[idx], loss_normaliser=normaliser)
+        loss, _, g = _run(
+            grpo_loss,
+            logp[idx],
+            old[idx],
+            ref[idx],
+            mask[idx],
+            None,
+            None,
+            cfg,
+            advantages=adv[idx],
+            loss_normaliser=normaliser,
+        )
         total += loss
         grad[idx] = g
-    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad, full_grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+    _assert_grad_close(grad, full_grad)
 
 
 def test_kernel_without_ref_logp_reports_zero_kl():
@@ -166,8 +180,8 @@ def test_kernel_reads_row_strided_inputs_and_numeric_masks():
     cfg = GRPOLossConfig(kl_coef=0.1)
     got = _run(grpo_loss, wide[0], wide[1], wide[2], mask.float(), rewards, group_ids, cfg)
     want = _run(grpo_loss_reference, logp, old, ref, mask, rewards, group_ids, cfg)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    _assert_grad_close(got[2], want[2])
 
 
 def test_backward_scales_the_saved_gradient_by_grad_output():
