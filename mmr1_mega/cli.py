@@ -14,7 +14,7 @@ COMMANDS: dict[tuple[str, "str | None"], tuple[str, str]] = {
     ("eval", None): ("mmr1_mega.eval.main:main", "score a checkpoint on a benchmark file"),
     ("demo", None): ("mmr1_mega.trainer.demo:main", "the CPU demo: synthetic visual math, SFT then GRPO + VAS"),
     ("convert", None): ("mmr1_mega.models.convert:main", "HF <-> megatron checkpoint conversion"),
-    ("data", None): ("mmr1_mega.data.main:main", "make / inspect datasets"),
+    ("data", "synth"): ("mmr1_mega.data.synthetic:main", "write the synthetic visual-counting task (+ demo processor)"),
     ("bench", "vps"): ("mmr1_mega.vas.bench:main", "VPS / self-BLEU speed vs NLTK"),
     ("bench", "loss"): ("mmr1_mega.ops.bench:main", "fused GRPO loss: eager vs compile vs Triton"),
     ("bench", "sync"): ("mmr1_mega.sync.bench:main", "weight sync seconds and GB/s per transport"),
