@@ -1,0 +1,282 @@
+"""The SGLang engine: one or more SGLang servers (each `engine_tp` GPUs) behind a round-robin client or
+an sglang-router URL, speaking SGLang's native HTTP API (pinned 0.5.23, see sglang_payloads.py).
+
+Weights arrive either
+- colocated (servers on the actor's GPUs): each bucket is flattened, serialized with torch's
+  ForkingPickler (CUDA tensors travel as IPC handles, no copy) and posted to /update_weights_from_tensor;
+  servers release / resume their memory around training;
+- disaggregated (servers on their own GPUs): each pipeline stage's leader opens an NCCL group with the
+  servers' TP workers (/init_weights_update_group) and broadcasts each bucket as one flat buffer
+  announced by /update_weights_from_distributed.
+Updates are bracketed by /pause_generation and /flush_cache + /continue_generation. A server found
+dead is restarted and marked stale: it gets no generation until the next full weight update reaches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from mmr1_mega.rollout import sglang_payloads as P
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+from mmr1_mega.rollout.sglang_server import SGLangServer, post
+
+
+def serialize_flattened_bucket(bucket: Sequence[tuple[str, torch.Tensor]], tp_size: int) -> list[str]:
+    """One base64 payload per engine TP rank holding the bucket as SGLang's flattened bucket
+    ({"flattened_tensor", "metadata": [FlattenedTensorMetadata]}), pickled as SGLang's
+    MultiprocessingSerializer does. Needs sglang importable (its classes are what its unpickler admits)."""
+    import base64
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata
+
+    if any(t.is_cuda for _, t in bucket):
+        # SGLang rebuilds CUDA IPC tensors by device uuid; its sender-side patch writes them
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+
+        monkey_patch_torch_reductions()
+    metas, parts, offset = [], [], 0
+    for name, t in bucket:
+        flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        metas.append(
+            FlattenedTensorMetadata(name, t.shape, t.dtype, offset, offset + flat.numel(), flat.numel())
+        )
+        parts.append(flat)
+        offset += flat.numel()
+    payload = {"flattened_tensor": torch.cat(parts), "metadata": metas}
+    out = []
+    for _ in range(tp_size):  # each TP worker unpickles its own copy: IPC refcounts drop per rank
+        buf = io.BytesIO()
+        ForkingPickler(buf).dump(payload)
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+class SGLangEngine:
+    """The Engine protocol over SGLang servers.
+
+    servers: the SGLangServer processes this client manages (started by launch(), restarted when dead);
+    router_url: send generation to an sglang-router in front of them instead of round-robin;
+    colocated: weights by CUDA IPC (True) or by NCCL broadcast (False); stage: the pipeline stage this
+    client's sync leader serves (disaggregated groups are per stage); master_address / master_port:
+    where this leader's NCCL group rendezvous (disaggregated).
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[SGLangServer],
+        router_url: str | None = None,
+        colocated: bool = True,
+        stage: int = 0,
+        master_address: str = "127.0.0.1",
+        master_port: int | None = None,
+        timeout_s: float = 600.0,
+        request_timeout_s: float = 3600.0,
+    ):
+        if not servers:
+            raise ValueError("SGLangEngine needs at least one server")
+        self.servers = list(servers)
+        self.router_url = router_url
+        self.colocated = colocated
+        self.stage = stage
+        self.master_address, self.master_port = master_address, master_port
+        self.timeout_s, self.request_timeout_s = timeout_s, request_timeout_s
+        self.stale: set[int] = set()  # servers restarted since the last full update
+        self._next = itertools.count()
+        self._group = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def launch(self) -> SGLangEngine:
+        """Start every server and wait for all to be healthy (each within timeout_s). Returns self."""
+        for s in self.servers:
+            s.start()
+        try:
+            for s in self.servers:
+                s.wait_healthy(self.timeout_s)
+        except EngineError:
+            self.shutdown()
+            raise
+        return self
+
+    def restart_dead(self) -> list[int]:
+        """Restart every server whose process died or whose /health fails; returns their indices.
+
+        Restarted servers hold the checkpoint's weights, not the actor's: they are stale (get no
+        generation) until the next weight update, which always sends every tensor.
+        """
+        restarted = []
+        for i, s in enumerate(self.servers):
+            if not s.alive() or not s.healthy():
+                s.restart(self.timeout_s)
+                self.stale.add(i)
+                restarted.append(i)
+        if restarted and not self.colocated:
+            self._group = None  # the new workers are not in the old NCCL group
+        return restarted
+
+    def health(self) -> bool:
+        """True when every server answers /health."""
+        return all(s.healthy() for s in self.servers)
+
+    def shutdown(self) -> None:
+        """Stop every server this client launched."""
+        for s in self.servers:
+            s.stop()
+
+    # ---- generation ----------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[GenerationOutput]]:
+        """Split the requests over the fresh servers (round-robin, contiguous chunks) or send them to
+        the router; a server that fails is restarted and its chunk retried once on another.
+        Raises EngineError when no fresh server is left."""
+        P.generate_payload(requests)  # raises ValueError for a bad request before anything is sent
+        if self.router_url is not None:
+            answer = post(self.router_url, "/generate", P.generate_payload(requests), self.request_timeout_s)
+            return P.parse_generate_response(answer, requests)
+        fresh = [i for i in range(len(self.servers)) if i not in self.stale]
+        if not fresh:
+            raise EngineError(
+                "every SGLang server was restarted since the last weight update: sync weights first"
+            )
+        m = min(len(fresh), len(requests))
+        first = next(self._next)
+        indices = [list(range(k, len(requests), m)) for k in range(m)]
+        targets = [fresh[(first + k) % len(fresh)] for k in range(m)]
+        out: list = [None] * len(requests)
+        with ThreadPoolExecutor(max(m, 1)) as pool:
+            futures = [
+                pool.submit(self._generate_on, t, [requests[i] for i in idx])
+                for t, idx in zip(targets, indices)
+            ]
+            for idx, f in zip(indices, futures):
+                for i, samples in zip(idx, f.result()):
+                    out[i] = samples
+        return out
+
+    def _generate_on(self, index: int, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
+        server = self.servers[index]
+        try:
+            answer = post(server.url, "/generate", P.generate_payload(requests), self.request_timeout_s)
+            return P.parse_generate_response(answer, requests)
+        except EngineError:
+            if server.alive() and server.healthy():
+                raise  # the server is fine: the request itself failed
+            with self._lock:
+                self.restart_dead()
+                others = [i for i in range(len(self.servers)) if i not in self.stale]
+            if not others:
+                raise
+            retry = self.servers[others[0]]
+            return P.parse_generate_response(
+                post(retry.url, "/generate", P.generate_payload(requests), self.request_timeout_s), requests
+            )
+
+    # ---- weights -------------------------------------------------------------------------------------
+
+    def _each(self, path: str, body: dict | None = None) -> list:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            futures = [pool.submit(post, s.url, path, body, self.request_timeout_s) for s in self.servers]
+            return [f.result() for f in futures]
+
+    def begin_update(self) -> None:
+        """Pause generation on every server (running requests are retracted and resume afterwards)."""
+        self.restart_dead()
+        self._each("/pause_generation", P.pause_payload("retract"))
+
+    def update_weights(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Send one bucket to every server (colocated: CUDA IPC payloads; else NCCL broadcast)."""
+        if not bucket:
+            return
+        if self.colocated:
+            payloads = {}
+            for s in self.servers:
+                if s.tp_size not in payloads:
+                    payloads[s.tp_size] = serialize_flattened_bucket(bucket, s.tp_size)
+            with ThreadPoolExecutor(len(self.servers)) as pool:
+                futures = [
+                    pool.submit(
+                        post,
+                        s.url,
+                        "/update_weights_from_tensor",
+                        P.update_from_tensor_payload(payloads[s.tp_size]),
+                        self.request_timeout_s,
+                    )
+                    for s in self.servers
+                ]
+                for f in futures:
+                    f.result()
+            return
+        from mmr1_mega.rollout.weight_group import broadcast_flat
+
+        group = self._ensure_group()
+        body = P.update_from_distributed_payload(bucket, self._group_name())
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            # the servers block in the broadcast until we send; post first, then broadcast
+            futures = [
+                pool.submit(post, s.url, "/update_weights_from_distributed", body, self.request_timeout_s)
+                for s in self.servers
+            ]
+            broadcast_flat(bucket, group)
+            for f in futures:
+                f.result()
+
+    def _group_name(self) -> str:
+        return f"{P.GROUP_NAME}_stage{self.stage}"
+
+    def _ensure_group(self):
+        if self._group is not None:
+            return self._group
+        from mmr1_mega.rollout.weight_group import open_weight_update_group
+
+        if self.master_port is None:
+            raise EngineError("a disaggregated SGLang engine needs master_port for its weight-update group")
+        world = 1 + sum(s.tp_size for s in self.servers)
+        offsets = itertools.accumulate([1] + [s.tp_size for s in self.servers[:-1]])
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            futures = [
+                pool.submit(
+                    post,
+                    s.url,
+                    "/init_weights_update_group",
+                    P.init_group_payload(
+                        self.master_address, self.master_port, off, world, self._group_name()
+                    ),
+                    self.timeout_s,
+                )
+                for s, off in zip(self.servers, offsets)
+            ]
+            self._group = open_weight_update_group(
+                self.master_address, self.master_port, world, self._group_name(), timeout_s=self.timeout_s
+            )
+            for f in futures:
+                f.result()
+        return self._group
+
+    def end_update(self) -> None:
+        """Flush every server's prefix cache (it holds KV of the old weights) and resume generation.
+        Every tensor was sent, so restarted servers are fresh again."""
+        self._each("/flush_cache")
+        self._each("/continue_generation", P.continue_payload())
+        self.stale.clear()
+
+    def flush_cache(self) -> None:
+        """Drop every server's prefix cache."""
+        self._each("/flush_cache")
+
+    def release_memory(self) -> None:
+        """Colocated: hand weights and KV cache memory back to the actor (no-op when disaggregated)."""
+        if self.colocated:
+            self._each("/release_memory_occupation", P.memory_payload())
+
+    def resume_memory(self) -> None:
+        """Colocated: take the memory back before the next update (no-op when disaggregated)."""
+        if self.colocated:
+            self._each("/resume_memory_occupation", P.memory_payload())

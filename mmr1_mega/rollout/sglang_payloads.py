@@ -1,0 +1,186 @@
+"""The JSON bodies the SGLang adapter sends, and the parsing of SGLang's answers.
+
+Pinned to SGLang 0.5.23 (`sglang.srt.managers.io_struct`, `entrypoints/http_server.py`): each builder
+names the request type whose fields it fills; tests/rollout check every body against those types as
+they are written in the installed SGLang source. Pure functions of plain data (no HTTP, no GPU).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Sequence
+
+import torch
+
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+
+SGLANG_VERSION = "0.5.23"
+GROUP_NAME = "mmr1_weight_update"
+
+
+def _image_item(image) -> str:
+    """An image as SGLang's image_data accepts it over HTTP: a path / URL string, or base64 PNG."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # a PIL image
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sampling_params(r: GenerationRequest, sample: int) -> dict:
+    """sglang.srt.sampling.sampling_params.SamplingParams fields for sample `sample` of request r.
+
+    Seeded requests give sample i the seed seed + i, so the n samples differ but repeat across runs.
+    """
+    params = {
+        "max_new_tokens": r.max_new_tokens,
+        "temperature": r.temperature,
+        "top_p": r.top_p,
+        "top_k": r.top_k,
+        "stop": list(r.stop),
+        "stop_token_ids": list(r.stop_token_ids),
+        "skip_special_tokens": True,
+        "no_stop_trim": True,  # keep the stop string in the text: our token ids include it too
+    }
+    if r.seed is not None:
+        params["sampling_seed"] = r.seed + sample
+    return params
+
+
+def generate_payload(requests: Sequence[GenerationRequest]) -> dict:
+    """A batched GenerateReqInput body: each request's prompt repeated n times, one row per sample.
+
+    Raises ValueError for a request SGLang's /generate cannot take (messages, or images only given as
+    processed pixel_values: SGLang processes images itself and needs GenerationRequest.images).
+    """
+    input_ids, images, params = [], [], []
+    for r in requests:
+        r.validate()
+        if r.prompt_ids is None:
+            raise ValueError("the SGLang engine takes prompt_ids (render messages with the processor first)")
+        if r.pixel_values is not None and not r.images:
+            raise ValueError(
+                "SGLang processes images itself: pass the raw images in GenerationRequest.images "
+                "(paths, URLs or PIL images) along with the prompt ids"
+            )
+        row_images = [_image_item(im) for im in (r.images or [])]
+        for i in range(r.n):
+            input_ids.append(list(r.prompt_ids))
+            images.append(row_images or None)
+            params.append(sampling_params(r, i))
+    body = {
+        "input_ids": input_ids,
+        "sampling_params": params,
+        "return_logprob": True,
+        "logprob_start_len": -1,
+    }
+    if any(images):
+        body["image_data"] = images
+    return body
+
+
+def parse_generate_response(answer, requests: Sequence[GenerationRequest]) -> list[list[GenerationOutput]]:
+    """Turn /generate's list of outputs (one per row of generate_payload) into n outputs per request.
+
+    Each output's meta_info carries finish_reason {"type": "stop" | "length" | "abort", ...} and
+    output_token_logprobs [[logprob, token_id, text], ...]. Raises EngineError on an aborted or
+    malformed answer.
+    """
+    rows = answer if isinstance(answer, list) else [answer]
+    expected = sum(r.n for r in requests)
+    if len(rows) != expected:
+        raise EngineError(f"SGLang returned {len(rows)} outputs for {expected} samples")
+    out, k = [], 0
+    for r in requests:
+        samples = []
+        for row in rows[k : k + r.n]:
+            meta = row.get("meta_info", {})
+            reason = (meta.get("finish_reason") or {}).get("type")
+            if reason not in ("stop", "length"):
+                raise EngineError(f"SGLang finished a sample with {meta.get('finish_reason')!r}")
+            lps = meta.get("output_token_logprobs") or []
+            ids = list(row.get("output_ids") or [t[1] for t in lps])
+            if len(lps) != len(ids):
+                raise EngineError(f"SGLang returned {len(lps)} logprobs for {len(ids)} tokens")
+            samples.append(
+                GenerationOutput(
+                    token_ids=ids,
+                    text=row.get("text", ""),
+                    logprobs=[float(t[0]) for t in lps],
+                    finish_reason=reason,
+                    meta={"engine": "sglang", "id": meta.get("id")},
+                )
+            )
+        out.append(samples)
+        k += r.n
+    return out
+
+
+# ---- weight updates ------------------------------------------------------------------------------
+
+
+def update_from_tensor_payload(serialized_per_rank: list[str], flush_cache: bool = False) -> dict:
+    """UpdateWeightsFromTensorReqInput: one base64 MultiprocessingSerializer payload per engine TP rank
+    (a flattened bucket). The cache is flushed once at the end of an update, not per bucket."""
+    return {
+        "serialized_named_tensors": list(serialized_per_rank),
+        "load_format": "flattened_bucket",
+        "flush_cache": flush_cache,
+    }
+
+
+def init_group_payload(
+    master_address: str,
+    master_port: int,
+    rank_offset: int,
+    world_size: int,
+    group_name: str = GROUP_NAME,
+    backend: str = "nccl",
+) -> dict:
+    """InitWeightsUpdateGroupReqInput: the engine's TP ranks join a group where the trainer is rank 0."""
+    return {
+        "master_address": master_address,
+        "master_port": int(master_port),
+        "rank_offset": int(rank_offset),
+        "world_size": int(world_size),
+        "group_name": group_name,
+        "backend": backend,
+    }
+
+
+def update_from_distributed_payload(
+    bucket: Sequence[tuple[str, torch.Tensor]], group_name: str = GROUP_NAME, flush_cache: bool = False
+) -> dict:
+    """UpdateWeightsFromDistributedReqInput announcing one bucket broadcast as a flattened buffer."""
+    return {
+        "names": [n for n, _ in bucket],
+        "dtypes": [str(t.dtype).removeprefix("torch.") for _, t in bucket],
+        "shapes": [list(t.shape) for _, t in bucket],
+        "group_name": group_name,
+        "flush_cache": flush_cache,
+        "load_format": "flattened_bucket",
+    }
+
+
+def destroy_group_payload(group_name: str = GROUP_NAME) -> dict:
+    """DestroyWeightsUpdateGroupReqInput."""
+    return {"group_name": group_name}
+
+
+def pause_payload(mode: str = "retract") -> dict:
+    """PauseGenerationReqInput: retract keeps running requests (recomputed after the update)."""
+    return {"mode": mode}
+
+
+def continue_payload() -> dict:
+    """ContinueGenerationReqInput."""
+    return {"torch_empty_cache": True}
+
+
+def memory_payload(tags: Sequence[str] | None = None) -> dict:
+    """Release/ResumeMemoryOccupationReqInput; tags among "weights", "kv_cache" (None: all)."""
+    return {"tags": list(tags) if tags is not None else None}

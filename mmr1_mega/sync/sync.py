@@ -1,0 +1,215 @@
+"""Weight sync: the actor's TP x PP (x DP) shards -> HF-named buckets -> rollout engine(s).
+
+Who does what (collective over every rank of the actor):
+- every TP rank of data-parallel replica 0 iterates its stage's `iter_hf_weights` (the TP all-gather and
+  the un-interleaving of fused QKV / gate-up happen there, one tensor at a time);
+- the TP-rank-0 of each stage ("stage leader") groups the stream into buckets of at most bucket_mb and
+  either hands each bucket to its own engine client ("direct": remote engines such as SGLang, which
+  every leader can reach), or, when only global rank 0 holds an engine (the in-process local engine),
+  sends it to rank 0 over torch.distributed point-to-point ("relay"); rank 0 loads its own stage first,
+  then each later stage's buckets in stage order;
+- every other rank (DP replicas > 0) waits at the closing barrier.
+Global rank 0 brackets the update with engine.begin_update() / end_update() (pause, flush, continue).
+At most one bucket per stage is in flight, so the full model never sits in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from mmr1_mega.models.weights import iter_hf_weights
+from mmr1_mega.sync.buckets import Bucket, iter_buckets, nbytes, pack, unpack
+from mmr1_mega.sync.checksum import tensor_checksum
+
+log = logging.getLogger(__name__)
+
+
+class SyncError(RuntimeError):
+    """Weights could not be moved, or the engine's weights differ from the actor's after a sync."""
+
+
+def _layout() -> dict:
+    return {
+        "rank": dist.get_rank(),
+        "stage": ps.get_pipeline_model_parallel_rank(),
+        "tp": ps.get_tensor_model_parallel_rank(),
+        "dp": ps.get_data_parallel_rank(),
+    }
+
+
+def _roles(engine) -> tuple[str, dict[int, int]]:
+    """The mode ("direct" | "relay") and the global rank of each stage's leader."""
+    me = _layout() | {"engine": engine is not None}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    leaders = {r["stage"]: r["rank"] for r in everyone if r["tp"] == 0 and r["dp"] == 0}
+    holders = {r["rank"] for r in everyone if r["engine"]}
+    if set(leaders.values()) <= holders:
+        return "direct", leaders
+    if holders == {0} and leaders[0] == 0:
+        return "relay", leaders
+    raise SyncError(
+        f"engines are held by ranks {sorted(holders)}, but a sync needs one on every stage leader "
+        f"{sorted(leaders.values())} (remote engines) or on rank 0 only (the local engine)"
+    )
+
+
+def _send_stage(buckets: Iterator[Bucket], dst: int) -> None:
+    for bucket in buckets:
+        buffer, metas = pack(bucket)
+        dist.send_object_list([metas], dst=dst)
+        dist.send(buffer, dst=dst)
+    dist.send_object_list([None], dst=dst)  # end of this stage
+
+
+def _recv_stage(src: int, device: torch.device) -> Iterator[Bucket]:
+    while True:
+        box = [None]
+        dist.recv_object_list(box, src=src)
+        metas = box[0]
+        if metas is None:
+            return
+        buffer = torch.empty(metas[-1].end if metas else 0, dtype=torch.uint8, device=device)
+        dist.recv(buffer, src=src)
+        yield unpack(buffer, metas)
+
+
+def _engine_checksums(engine) -> dict[str, str]:
+    if not hasattr(engine, "weight_checksums"):
+        raise SyncError(f"{type(engine).__name__} cannot report weight checksums: run without verify")
+    return engine.weight_checksums()
+
+
+def compare_checksums(actor: dict[str, str], engine: dict[str, str]) -> dict[str, list[str]]:
+    """Names whose checksum differs, names the actor has and the engine lacks, and the reverse
+    (an engine tensor no sync ever writes is stale by construction)."""
+    return {
+        "mismatched": sorted(n for n in actor.keys() & engine.keys() if actor[n] != engine[n]),
+        "missing_in_engine": sorted(actor.keys() - engine.keys()),
+        "engine_only": sorted(engine.keys() - actor.keys()),
+    }
+
+
+def sync_weights(
+    model,
+    table,
+    engine,
+    bucket_mb: float = 512,
+    dtype: torch.dtype | None = None,
+    verify: bool = False,
+) -> dict:
+    """Copy the actor's current weights into the rollout engine(s). Collective over all ranks.
+
+    Takes the (possibly DDP-wrapped) megatron stage model, the family's weight table, this rank's engine
+    client or None (see module docstring for who holds one), the bucket size in MiB, an optional dtype to
+    cast to (e.g. bf16 for a bf16 engine), and verify (compare a checksum of every engine tensor with the
+    actor's export after the update).
+    Returns metrics, equal on every rank: seconds, bytes, gb_per_s, tensors, buckets, mode, per-stage
+    seconds and bytes, and with verify the checksum comparison. Raises SyncError (bad engine placement,
+    or verify found a difference) or the engine's EngineError.
+    """
+    start = time.perf_counter()
+    mode, leaders = _roles(engine)
+    me = _layout()
+    leader = me["tp"] == 0 and me["dp"] == 0
+    streams = me["dp"] == 0  # every TP rank of replica 0 takes part in the TP all-gathers
+    sent = {"bytes": 0, "tensors": 0, "buckets": 0}
+    sums: dict[str, str] = {}
+
+    def counted(buckets: Iterator[Bucket]) -> Iterator[Bucket]:
+        for b in buckets:
+            sent["buckets"] += 1
+            for name, t in b:
+                sent["tensors"] += 1
+                sent["bytes"] += nbytes(t)
+                if verify:
+                    sums[name] = tensor_checksum(t)
+            yield b
+
+    if me["rank"] == 0:
+        engine.begin_update()
+    dist.barrier()  # no bucket may arrive at an engine that is still generating
+    if streams:
+        stream = iter_hf_weights(model, table, dtype)
+        if not leader:
+            for _ in stream:  # feed the leader's all-gathers
+                pass
+        else:
+            buckets = counted(iter_buckets(stream, bucket_mb))
+            if mode == "direct" or me["rank"] == 0:
+                for b in buckets:
+                    engine.update_weights(b)
+            else:
+                _send_stage(buckets, dst=0)
+    stage_seconds = time.perf_counter() - start
+    if mode == "relay" and me["rank"] == 0:
+        device = next(iter(model.parameters())).device
+        for stage in sorted(leaders)[1:]:
+            for b in _recv_stage(leaders[stage], device):
+                engine.update_weights(b)
+    if me["rank"] == 0:
+        engine.end_update()
+    dist.barrier()
+    seconds = time.perf_counter() - start
+
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (me["stage"], leader, sent, stage_seconds, sums, seconds))
+    stages = sorted((p for p in parts if p[1]), key=lambda p: p[0])
+    total = sum(p[2]["bytes"] for p in stages)
+    seconds = max(p[5] for p in parts)  # the update is done when the slowest rank is
+    metrics = {
+        "mode": mode,
+        "seconds": seconds,
+        "bytes": total,
+        "gb_per_s": total / seconds / 1e9 if seconds > 0 else float("inf"),
+        "tensors": sum(p[2]["tensors"] for p in stages),
+        "buckets": sum(p[2]["buckets"] for p in stages),
+        "bucket_mb": bucket_mb,
+        "stage_seconds": [p[3] for p in stages],
+        "stage_bytes": [p[2]["bytes"] for p in stages],
+    }
+    if verify:
+        actor = {n: s for p in stages for n, s in p[4].items()}
+        report = [compare_checksums(actor, _engine_checksums(engine)) if me["rank"] == 0 else None]
+        dist.broadcast_object_list(report, src=0)
+        metrics["verify"] = report[0]
+        bad = {k: v for k, v in report[0].items() if v}
+        if bad:
+            raise SyncError(f"engine weights differ from the actor's after sync: {bad}")
+    if me["rank"] == 0:
+        log.info(
+            "weight sync (%s): %d tensors, %.1f MB in %d buckets, %.3f s, %.2f GB/s",
+            mode,
+            metrics["tensors"],
+            total / 1e6,
+            metrics["buckets"],
+            seconds,
+            metrics["gb_per_s"],
+        )
+    return metrics
+
+
+def verify_weights(model, table, engine, dtype: torch.dtype | None = None) -> dict[str, list[str]]:
+    """Compare a checksum of every engine tensor with the actor's current export, without updating.
+
+    Collective over all ranks; `engine` is needed on rank 0 only. Returns compare_checksums' report
+    (empty lists when equal), the same on every rank.
+    """
+    me = _layout()
+    sums = {}
+    if me["dp"] == 0:
+        for name, t in iter_hf_weights(model, table, dtype):
+            if me["tp"] == 0:
+                sums[name] = tensor_checksum(t)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, sums)
+    actor = {n: s for p in parts for n, s in p.items()}
+    report = [compare_checksums(actor, _engine_checksums(engine)) if me["rank"] == 0 else None]
+    dist.broadcast_object_list(report, src=0)
+    return report[0]

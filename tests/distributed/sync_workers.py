@@ -1,0 +1,118 @@
+"""Code that runs inside the ranks of the weight-sync tests (forked by mmr1_mega.distributed.launch)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from megatron.core import parallel_state as ps  # noqa: E402
+from megatron.core.distributed import (  # noqa: E402
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,  # noqa: E402
+)
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer  # noqa: E402
+from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
+from mmr1_mega.models.build import build_model  # noqa: E402
+from mmr1_mega.models.qwen_vl.rope import mrope_position_ids  # noqa: E402
+from mmr1_mega.models.weights import export_hf, load_hf_weights  # noqa: E402
+from mmr1_mega.rollout.local import LocalEngine  # noqa: E402
+from mmr1_mega.rollout.protocol import GenerationRequest  # noqa: E402
+from mmr1_mega.sync.sync import sync_weights, verify_weights  # noqa: E402
+
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2pp2": (2, 2)}
+CORRUPTED = "model.layers.1.mlp.down_proj.weight"
+
+
+def _train_step(ddp, optimizer, hf_config, batch) -> None:
+    """One real megatron step: forward-backward over the pipeline schedule, then Adam."""
+    pos, _ = mrope_position_ids(
+        batch["input_ids"],
+        batch["input_ids"] == hf_config.image_token_id,
+        batch["image_grid_thw"],
+        hf_config.vision_config.spatial_merge_size,
+        batch["attention_mask"],
+    )
+    inputs = dict(
+        input_ids=batch["input_ids"],
+        position_ids=pos,
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+    )
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+    mask = batch["attention_mask"].float()
+
+    def forward_step(data_iterator, model):
+        out = model(**inputs, labels=labels)
+        return out, lambda o: ((o * mask).sum() / mask.sum(), {})
+
+    b, s = batch["input_ids"].shape
+    ddp.zero_grad_buffer()
+    optimizer.zero_grad()
+    get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter([None]),
+        model=[ddp],
+        num_microbatches=1,
+        seq_length=s,
+        micro_batch_size=b,
+        forward_only=False,
+    )
+    ok, _, _ = optimizer.step()
+    assert ok, "optimizer step was skipped"
+
+
+def _greedy(engine: LocalEngine, requests: list[GenerationRequest]) -> list[list[int]]:
+    return [o[0].token_ids for o in engine.generate(requests)]
+
+
+def sync_into_local_engine(
+    actor_dir: str, engine_dir: str, out_root: str, batch: dict, requests: list, layouts: list[str]
+) -> dict:
+    """For each layout: load the actor from actor_dir, make a local engine (rank 0) from engine_dir
+    (other weights), sync, export, train one step, sync with verify, export again, then corrupt one
+    engine tensor and verify. Rank 0 returns the engine's states, greedy outputs, metrics and reports."""
+    hf_config = AutoConfig.from_pretrained(actor_dir)
+    results = {}
+    for name in layouts:
+        tp, pp = LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        model, family = build_model(hf_config)
+        table = family.weight_table(hf_config)
+        load_hf_weights(model, actor_dir, table)
+        ddp = DistributedDataParallel(
+            model.config,
+            DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+            model,
+        )
+        model.config.finalize_model_grads_func = finalize_model_grads
+        model.config.no_sync_func = ddp.no_sync
+        optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
+        )
+        rank0 = dist.get_rank() == 0
+        engine = LocalEngine(engine_dir) if rank0 else None
+        out = {"engine_before": engine.state_dict_hf() if rank0 else None}
+        # 0.02 MiB buckets: several per stage, and the 32 KiB embedding / lm_head travel alone
+        out["metrics0"] = sync_weights(ddp, table, engine, bucket_mb=0.02)
+        export_hf(ddp, table, f"{out_root}/{name}/v0", actor_dir)
+        if rank0:
+            out["state0"], out["greedy0"] = engine.state_dict_hf(), _greedy(engine, requests)
+        _train_step(ddp, optimizer, hf_config, batch)
+        out["metrics1"] = sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True)
+        export_hf(ddp, table, f"{out_root}/{name}/v1", actor_dir)
+        if rank0:
+            out["state1"], out["greedy1"] = engine.state_dict_hf(), _greedy(engine, requests)
+            with torch.no_grad():
+                engine._params[CORRUPTED].view(-1)[0] += 1.0
+        out["corrupt_report"] = verify_weights(ddp, table, engine)
+        out["pp_size"] = ps.get_pipeline_model_parallel_world_size()
+        results[name] = out if rank0 else {"metrics1": out["metrics1"]}
+        dist.barrier()
+    return results

@@ -1,0 +1,110 @@
+"""A stand-in for `python -m sglang.launch_server` in tests (SGLang needs a GPU): a real HTTP server
+process taking the same command line and answering the endpoints our adapter uses, with SGLang's
+answer shapes. Every request body is appended to <record_dir>/<port>.jsonl for the tests to check
+against SGLang's request types. Behaviours for the failure paths:
+  --hang-health     never answer /health (start-up time-out)
+  --exit-at-start   exit with code 3 at once (crash while starting)
+  POST /_die        exit at once without answering (a crashed engine)
+Generation is deterministic: sample j of a row answers prompt[-1]+1+j, ... (max_new_tokens tokens,
+finish "length"), logprob -0.5 per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+OK_PATHS = {
+    "/update_weights_from_tensor",
+    "/update_weights_from_distributed",
+    "/init_weights_update_group",
+    "/destroy_weights_update_group",
+    "/pause_generation",
+    "/continue_generation",
+    "/flush_cache",
+    "/release_memory_occupation",
+    "/resume_memory_occupation",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--tp-size", type=int, default=1)
+    ap.add_argument("--mem-fraction-static", type=float)
+    ap.add_argument("--base-gpu-id", type=int)
+    ap.add_argument("--dtype")
+    ap.add_argument("--random-seed", type=int)
+    ap.add_argument("--enable-memory-saver", action="store_true")
+    ap.add_argument("--record-dir", required=True)
+    ap.add_argument("--hang-health", action="store_true")
+    ap.add_argument("--exit-at-start", action="store_true")
+    args = ap.parse_args()
+    if args.exit_at_start:
+        raise SystemExit(3)
+    record = Path(args.record_dir) / f"{args.port}.jsonl"
+
+    def log(path: str, body) -> None:
+        with open(record, "a") as f:
+            f.write(json.dumps({"path": path, "body": body, "pid": os.getpid()}) + "\n")
+
+    log("/_start", {"argv": os.sys.argv[1:]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):  # quiet
+            pass
+
+        def _answer(self, code: int, body=None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/health":
+                if args.hang_health:
+                    time.sleep(3600)
+                self._answer(200)
+            else:
+                self._answer(404, {"detail": "Not Found"})
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(n) or b"null")
+            log(self.path, body)
+            if self.path == "/_die":
+                os._exit(1)
+            if self.path == "/generate":
+                rows = []
+                for k, (ids, sp) in enumerate(zip(body["input_ids"], body["sampling_params"])):
+                    out = [(ids[-1] + 1 + k + i) % 1000 for i in range(sp["max_new_tokens"])]
+                    rows.append(
+                        {
+                            "text": " ".join(f"w{t}" for t in out),
+                            "output_ids": out,
+                            "meta_info": {
+                                "id": f"{args.port}-{k}",
+                                "finish_reason": {"type": "length", "length": len(out)},
+                                "output_token_logprobs": [[-0.5, t, None] for t in out],
+                            },
+                        }
+                    )
+                self._answer(200, rows)
+            elif self.path in OK_PATHS:
+                self._answer(200, {"success": True, "message": "ok"})
+            else:
+                self._answer(404, {"detail": "Not Found"})
+
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

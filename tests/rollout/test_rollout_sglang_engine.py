@@ -1,0 +1,142 @@
+"""The SGLang engine's process handling against real local server processes (fake_sglang_server.py,
+a stand-in speaking SGLang's endpoints: SGLang itself needs a GPU). The adapter code is the real one."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmr1_mega.distributed.init import free_port
+from mmr1_mega.rollout.protocol import EngineError, GenerationRequest
+from mmr1_mega.rollout.sglang import SGLangEngine
+from mmr1_mega.rollout.sglang_server import SGLangServer
+from tests.rollout import sglang_source as S
+
+FAKE = str(Path(__file__).with_name("fake_sglang_server.py"))
+CLASSES = {
+    "/generate": "GenerateReqInput",
+    "/update_weights_from_tensor": "UpdateWeightsFromTensorReqInput",
+    "/pause_generation": "PauseGenerationReqInput",
+    "/continue_generation": "ContinueGenerationReqInput",
+    "/flush_cache": "FlushCacheReqInput",
+    "/release_memory_occupation": "ReleaseMemoryOccupationReqInput",
+    "/resume_memory_occupation": "ResumeMemoryOccupationReqInput",
+}
+
+
+def _server(tmp_path, *flags) -> SGLangServer:
+    return SGLangServer(
+        str(tmp_path / "model"),
+        port=free_port(),
+        launcher=[sys.executable, FAKE],
+        extra_args=["--record-dir", str(tmp_path), *flags],
+        log_path=str(tmp_path / "server.log"),
+    )
+
+
+def _calls(tmp_path, server) -> list[dict]:
+    f = tmp_path / f"{server.port}.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+
+
+@pytest.fixture
+def engine(tmp_path):
+    eng = SGLangEngine([_server(tmp_path), _server(tmp_path)], timeout_s=30, request_timeout_s=30).launch()
+    yield eng
+    eng.shutdown()
+
+
+def _prompts(n_requests: int) -> list[GenerationRequest]:
+    g = torch.Generator().manual_seed(int(torch.randint(0, 1000, ()).item()))
+    return [
+        GenerationRequest(prompt_ids=torch.randint(8, 500, (4,), generator=g).tolist(), n=2, max_new_tokens=3)
+        for _ in range(n_requests)
+    ]
+
+
+def test_generation_is_spread_over_the_servers_and_returned_in_request_order(engine, tmp_path):
+    reqs = _prompts(4)
+    out = engine.generate(reqs)
+    for r, samples in zip(reqs, out):
+        assert len(samples) == 2 and samples[0].token_ids[0] in range(
+            r.prompt_ids[-1] + 1, r.prompt_ids[-1] + 5
+        )
+        assert samples[0].logprobs == [-0.5] * 3 and samples[0].finish_reason == "length"
+    served = [sum(c["path"] == "/generate" for c in _calls(tmp_path, s)) for s in engine.servers]
+    assert served == [1, 1]
+
+
+def test_a_weight_update_pauses_sends_every_bucket_to_every_server_then_flushes_and_resumes(engine, tmp_path):
+    S.load_tensor_bucket_module()  # the payload references SGLang's bucket metadata class
+    buckets = [[("model.norm.weight", torch.randn(8))], [("lm_head.weight", torch.randn(4, 8))]]
+    engine.begin_update()
+    for b in buckets:
+        engine.update_weights(b)
+    engine.end_update()
+    for s in engine.servers:
+        paths = [c["path"] for c in _calls(tmp_path, s) if c["path"] != "/_start"]
+        assert paths == [
+            "/pause_generation",
+            "/update_weights_from_tensor",
+            "/update_weights_from_tensor",
+            "/flush_cache",
+            "/continue_generation",
+        ]
+
+
+def test_every_body_sent_to_a_server_fits_sglang_request_types(engine, tmp_path):
+    S.load_tensor_bucket_module()
+    engine.generate(_prompts(3))
+    engine.release_memory()
+    engine.resume_memory()
+    engine.begin_update()
+    engine.update_weights([("model.norm.weight", torch.randn(8))])
+    engine.end_update()
+    checked = 0
+    for s in engine.servers:
+        for c in _calls(tmp_path, s):
+            if c["path"] in CLASSES:
+                assert S.validate(c["body"], CLASSES[c["path"]]) == [], c["path"]
+                checked += 1
+    assert checked >= 2 * 7
+
+
+def test_a_dead_server_is_restarted_marked_stale_and_fresh_again_after_a_full_update(engine, tmp_path):
+    S.load_tensor_bucket_module()
+    dead = engine.servers[0]
+    first_pid = dead.process.pid
+    dead.process.kill()
+    dead.process.wait()
+    out = engine.generate(_prompts(2))  # server 0's chunk fails, it is restarted, server 1 answers
+    assert len(out) == 2 and all(len(s) == 2 for s in out)
+    assert dead.alive() and dead.process.pid != first_pid and engine.stale == {0}
+    engine.generate(_prompts(2))
+    gen_calls = [c for c in _calls(tmp_path, dead) if c["path"] == "/generate" and c["pid"] != first_pid]
+    assert gen_calls == []  # a stale server gets no generation
+    engine.begin_update()
+    engine.update_weights([("model.norm.weight", torch.randn(8))])
+    engine.end_update()
+    assert engine.stale == set()
+    restarted = [c["path"] for c in _calls(tmp_path, dead) if c["pid"] != first_pid]
+    assert "/update_weights_from_tensor" in restarted and restarted[-1] == "/continue_generation"
+
+
+def test_a_server_that_never_becomes_healthy_times_out_and_is_stopped(tmp_path):
+    server = _server(tmp_path, "--hang-health")
+    server.start()
+    start = time.monotonic()
+    with pytest.raises(EngineError, match="not healthy within 2 s"):
+        server.wait_healthy(timeout_s=2)
+    assert time.monotonic() - start < 10 and server.process is None
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_exit_code(tmp_path):
+    engine = SGLangEngine([_server(tmp_path, "--exit-at-start")], timeout_s=30)
+    with pytest.raises(EngineError, match="exited with code 3"):
+        engine.launch()
+    assert not engine.servers[0].alive()
