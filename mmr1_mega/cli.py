@@ -35,7 +35,16 @@ def _available(target: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def quiet_known_warnings() -> None:
+    """megatron-core warns at import about optional GPU packages; say it once in the README instead."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).* not installed.*")
+    warnings.filterwarnings("ignore", message=r"full scope is deprecated.*")
+
+
 def main(argv: "list[str] | None" = None) -> int:
+    quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

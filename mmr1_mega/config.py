@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from mmr1_mega.algo.config import GRPOLossConfig
+from mmr1_mega.data.config import DataConfig
+from mmr1_mega.reward.config import RewardConfig
 from mmr1_mega.vas.config import VASConfig
 
 
@@ -124,12 +126,33 @@ class TrainConfig:
     seed: int = 1234
     val_every_steps: int = 10
     val_max_prompts: int = 512
+    val_temperature: float = 0.0  # 0: greedy
     output_dir: str = "outputs/run"
+    world_size: int = 0  # ranks to fork when not started by torchrun; 0 = tensor_parallel x pipeline_parallel
 
     def validate(self) -> None:
         for name in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "ppo_mini_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
+
+
+@dataclass
+class SFTConfig:
+    """Cold-start supervised fine-tuning on the same actor (MMR1 Sec. 3: SFT before RL)."""
+
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-5
+    warmup_steps: int = 10
+    lr_decay_style: str = "cosine"
+    val_every_steps: int = 50
+    export_dir: str = ""  # where the SFT policy is written as an HF directory ("" = <output_dir>/sft_hf)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("sft.steps and sft.batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("sft.lr must be > 0")
 
 
 @dataclass
@@ -163,6 +186,9 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     loss: GRPOLossConfig = field(default_factory=GRPOLossConfig)
     vas: VASConfig = field(default_factory=VASConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -151,3 +151,19 @@ def build_batch(
         image_grid_thw=grid,
         images_per_sample=images_per_sample,
     )
+
+
+def build_sft_batch(
+    input_ids: Sequence[Sequence[int]],
+    label_masks: Sequence[Sequence[bool]],
+    pixel_values: Sequence["torch.Tensor | None"],
+    image_grid_thw: Sequence["torch.Tensor | None"],
+    image_token_id: int,
+    spatial_merge_size: int,
+) -> RolloutBatch:
+    """A RolloutBatch for supervised fine-tuning: response_mask marks the trained (assistant) tokens,
+    which may be several spans per conversation."""
+    batch = build_batch(input_ids, [[] for _ in input_ids], pixel_values, image_grid_thw, image_token_id, spatial_merge_size)
+    for i, mask in enumerate(label_masks):
+        batch.response_mask[i, : len(mask)] = torch.tensor([int(bool(m)) for m in mask], dtype=torch.long)
+    return batch

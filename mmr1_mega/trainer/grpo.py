@@ -1,0 +1,131 @@
+"""The GRPO + VAS loop (MMR1, arXiv 2509.21268, Algorithm 1), top to bottom.
+
+Every rank runs this function. Rank 0 owns the data, the rollout engine, the rewards, the VAS state and
+the logs; it builds each step's batch and broadcasts it; every rank trains its data-parallel share on the
+megatron actor; the actor's weights then flow into the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from mmr1_mega.algo import compute_advantages
+from mmr1_mega.config import Config, dump_config
+from mmr1_mega.sync.sync import sync_weights
+from mmr1_mega.trainer import checkpoint as ckpt
+from mmr1_mega.trainer.rollout import generate_and_score, rollout_batch, rollout_metrics
+from mmr1_mega.trainer.setup import build_run, evaluate
+from mmr1_mega.vas import DistributedVAS
+
+log = logging.getLogger("mmr1_mega")
+
+
+def broadcast(obj, src: int = 0):
+    """Rank src's object on every rank."""
+    box = [obj if dist.get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def train_grpo(cfg: Config) -> dict:
+    """Run GRPO + VAS as configured; returns the last step's metrics (rank 0) or {}."""
+    run = build_run(cfg)  # actor, reference, engine + datasets + logger on rank 0, resume state
+    rank0 = dist.get_rank() == 0
+    n, B = cfg.rollout.n_samples, cfg.train.prompts_per_step
+    vas = DistributedVAS(run.pool_size, cfg.vas)
+    start = 0
+    if run.resume_from is not None:
+        state = ckpt.load_checkpoint(run.resume_from, run.actor)
+        start = state["step"]
+        if rank0:
+            vas.load_state_dict(state["vas"])
+            log.info("resumed from %s at step %d", run.resume_from, start)
+    sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+    if rank0:
+        dump_config(cfg, f"{cfg.train.output_dir}/config.yaml")
+
+    def score_fn(prompt_indices):  # VAS refresh: N fresh rollouts per prompt (rank 0 only)
+        r = generate_and_score(
+            run.engine, run.train_data, prompt_indices, cfg.vas.n_rollouts, cfg.rollout, cfg.reward,
+            seed=cfg.train.seed * 1_000_003 + 7919 * vas_step[0],
+        )
+        return r.outcomes()
+
+    vas_step = [start]
+    metrics: dict = {}
+    if rank0 and start == 0 and run.val_data is not None and cfg.train.val_every_steps:
+        run.logger.log(0, evaluate(run, cfg, seed=cfg.train.seed))  # the starting policy (e.g. after SFT)
+    for step in range(start + 1, cfg.train.steps + 1):
+        t = {"start": time.perf_counter()}
+        vas_step[0] = step
+        # 1. VAS draws the prompts on rank 0 (refreshing VPS when due) and broadcasts the indices
+        indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
+        t["sample"] = time.perf_counter()
+        # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
+        payload = None
+        if rank0:
+            rollouts = generate_and_score(
+                run.engine, run.train_data, indices, n, cfg.rollout, cfg.reward, seed=cfg.train.seed * 7_919 + step * 104_729
+            )
+            vas.observe(indices, rollouts.outcomes())
+            batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
+            batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
+            payload = (batch, rollout_metrics(rollouts) | {f"vas/{k}": v for k, v in vas.metrics().items()})
+        batch, step_metrics = broadcast(payload)
+        t["rollout"] = time.perf_counter()
+        # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
+        dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        local = batch.select(range(dp_rank, len(batch), dp))
+        temperature = cfg.rollout.temperature or 1.0
+        local.old_logp = run.actor.logprobs(local, temperature)
+        if run.reference is not None:
+            local.ref_logp = run.reference.logprobs(local, temperature)
+        t["logprob"] = time.perf_counter()
+        # 4. PPO epochs over mini-batches: one optimizer step each
+        train_metrics = {}
+        for _ in range(cfg.train.ppo_epochs):
+            for k in range(cfg.train.ppo_mini_batches):
+                mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
+                train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
+        t["train"] = time.perf_counter()
+        # 5. new weights into the rollout engine
+        sync = sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+        t["sync"] = time.perf_counter()
+        # 6. validation, logs, checkpoint
+        if rank0:
+            metrics = dict(step_metrics)
+            metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
+            metrics.update(_perf(t, batch, sync))
+            if cfg.train.val_every_steps and (step % cfg.train.val_every_steps == 0 or step == cfg.train.steps):
+                metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
+            run.logger.log(step, metrics)
+            run.progress(step)
+        if cfg.checkpoint.save_every_steps and (step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps):
+            ckpt.save_checkpoint(
+                cfg.train.output_dir, step, run.actor, {"vas": vas.state_dict() if rank0 else None}, cfg.checkpoint.keep_last
+            )
+    run.close()
+    return metrics
+
+
+def _perf(t: dict, batch, sync: dict) -> dict:
+    phases = ["sample", "rollout", "logprob", "train", "sync"]
+    keys = ["start"] + phases
+    out = {f"time/{p}": t[p] - t[keys[i]] for i, p in enumerate(phases)}
+    total = t["sync"] - t["start"]
+    tokens = int(batch.attention_mask.sum())
+    out.update(
+        {
+            "perf/step_seconds": total,
+            "perf/tokens_per_second": tokens / max(total, 1e-9),
+            "sync/seconds": float(sync.get("seconds", 0.0)),
+            "sync/gb_per_s": float(sync.get("gb_per_s", 0.0)),
+            "sync/bytes": float(sync.get("bytes", 0.0)),
+        }
+    )
+    return out
+

@@ -1,0 +1,98 @@
+"""Metric logging on rank 0: console (rich), a JSONL file (the source of the plots), TensorBoard, wandb.
+
+wandb: "auto" is online when WANDB_API_KEY is set and offline otherwise; "off" disables it. A backend
+that fails to start is reported once and skipped, never stopping the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("mmr1_mega")
+
+CONSOLE_KEYS = (
+    "reward/mean",
+    "reward/accuracy",
+    "reward/format",
+    "val/accuracy",
+    "actor/grad_norm",
+    "actor/pg_clipfrac",
+    "actor/kl",
+    "vas/vps_mean",
+    "response/length_mean",
+    "perf/step_seconds",
+    "perf/tokens_per_second",
+)
+
+
+class MetricsLogger:
+    """log(step, metrics) writes everywhere configured; close() flushes. Only rank 0 should build one."""
+
+    def __init__(self, log_cfg, output_dir: "str | os.PathLike", run_config: dict, run_name: str = "run"):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.every = max(1, log_cfg.console_every_steps)
+        self.tb = None
+        self.wandb = None
+        if log_cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except Exception as e:  # noqa: BLE001 - optional backend
+                log.warning("tensorboard disabled: %s", e)
+        mode = log_cfg.wandb
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode != "off":
+            try:
+                import wandb
+
+                self.wandb = wandb.init(
+                    project=log_cfg.wandb_project,
+                    name=run_name,
+                    dir=str(self.dir),
+                    mode=mode,
+                    config=run_config,
+                    reinit="finish_previous",
+                )
+            except Exception as e:  # noqa: BLE001 - optional backend
+                log.warning("wandb disabled: %s", e)
+        self.t0 = time.time()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        self.jsonl.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in clean.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(clean, step=step)
+        if step % self.every == 0:
+            shown = " ".join(f"{k.split('/')[-1]}={clean[k]:.4g}" for k in CONSOLE_KEYS if k in clean)
+            log.info("step %d | %s", step, shown)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(path: "str | os.PathLike") -> list[dict]:
+    """The records of a metrics.jsonl file (later records of a resumed step replace earlier ones)."""
+    by_step: dict[tuple, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                by_step[(rec.get("phase", "grpo"), rec["step"])] = rec
+    return [by_step[k] for k in sorted(by_step, key=lambda k: (k[0], k[1]))]

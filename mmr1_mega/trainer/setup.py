@@ -1,0 +1,185 @@
+"""Building a run: process groups, actor and reference, and on rank 0 the engine, datasets, logs, progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.distributed as dist
+from transformers import AutoConfig
+
+from mmr1_mega.actor.actor import MegatronActor
+from mmr1_mega.config import Config
+from mmr1_mega.data.errors import DataError
+from mmr1_mega.distributed.init import initialize_model_parallel
+from mmr1_mega.models.hf_io import CheckpointError, HFCheckpoint
+from mmr1_mega.trainer import checkpoint as ckpt
+
+log = logging.getLogger("mmr1_mega")
+
+
+def setup_logging() -> None:
+    """Rich console logging on rank 0; warnings only elsewhere."""
+    rank = int(os.environ.get("RANK", "0"))
+    if logging.getLogger("mmr1_mega").handlers:
+        return
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, markup=False)
+    except ImportError:  # rich is a dependency; keep logs working regardless
+        handler = logging.StreamHandler()
+    logger = logging.getLogger("mmr1_mega")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.propagate = False
+
+
+@dataclass
+class Run:
+    cfg: Config
+    actor: MegatronActor
+    reference: "MegatronActor | None"
+    pool_size: int
+    image_token_id: int
+    merge: int
+    resume_from: "Path | None"
+    engine: object = None
+    train_data: object = None
+    val_data: object = None
+    logger: object = None
+    _progress: object = field(default=None, repr=False)
+    _task: object = None
+
+    def progress(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self.logger is not None:
+            self.logger.close()
+        if self.engine is not None:
+            self.engine.shutdown()
+
+
+def check_inputs(cfg: Config) -> object:
+    """Everything that can be checked before any process group or model exists. Returns the HF config.
+
+    Raises ConfigError / CheckpointError / DataError with one-line causes.
+    """
+    if not cfg.model.hf_path:
+        raise CheckpointError("model.hf_path is empty: point it at a Hugging Face Qwen-VL directory")
+    hf_config = HFCheckpoint(cfg.model.hf_path).config()
+    cfg.check_against_model(hf_config)
+    for key in ("train_files", "val_files", "sft_files"):
+        for f in getattr(cfg.data, key):
+            if not f.startswith("hf:") and not os.path.exists(f):
+                raise DataError(f"data file {f} does not exist: check data.{key}")
+    return hf_config
+
+
+def build_run(cfg: Config, with_engine: bool = True) -> Run:
+    """Initialise the layout and build everything a GRPO run needs (collective over all ranks)."""
+    setup_logging()
+    p = cfg.parallel
+    initialize_model_parallel(p.tensor_parallel, p.pipeline_parallel, seed=cfg.train.seed)
+    hf_config = AutoConfig.from_pretrained(cfg.model.hf_path)
+    rank0 = dist.get_rank() == 0
+    actor = MegatronActor(
+        hf_config,
+        cfg.model.hf_path,
+        dtype=cfg.model.dtype,
+        sequence_parallel=p.sequence_parallel,
+        recompute=cfg.model.recompute,
+        optim=cfg.optim,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        total_steps=cfg.train.steps * cfg.train.ppo_epochs * cfg.train.ppo_mini_batches,
+        micro_batch_size=cfg.train.micro_batch_size,
+    )
+    reference = None
+    if cfg.loss.kl_coef > 0:
+        reference = MegatronActor(
+            hf_config,
+            cfg.model.reference_path or cfg.model.hf_path,
+            dtype=cfg.model.dtype,
+            sequence_parallel=p.sequence_parallel,
+            train=False,
+            micro_batch_size=cfg.train.micro_batch_size,
+        )
+    resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.train.output_dir)
+    run = Run(
+        cfg=cfg,
+        actor=actor,
+        reference=reference,
+        pool_size=0,
+        image_token_id=hf_config.image_token_id,
+        merge=hf_config.vision_config.spatial_merge_size,
+        resume_from=resume_from,
+    )
+    pool = [0]
+    if rank0:
+        from mmr1_mega.data.rl_dataset import RLDataset
+        from mmr1_mega.data.tokenizer import load_processor
+        from mmr1_mega.trainer.logger import MetricsLogger
+
+        processor = load_processor(cfg.model.hf_path)
+        run.train_data = RLDataset(cfg.data.train_files, cfg.data, processor, name="train")
+        if cfg.data.val_files:
+            run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")
+        pool[0] = len(run.train_data)
+        if with_engine:
+            run.engine = make_rollout_engine(cfg)
+        run.logger = MetricsLogger(cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name)
+        run._progress, run._task = _progress_bar(cfg.train.steps)
+    dist.broadcast_object_list(pool, src=0)
+    run.pool_size = pool[0]
+    return run
+
+
+def make_rollout_engine(cfg: Config):
+    """The configured rollout engine, loaded with the policy's initial weights (rank 0)."""
+    if cfg.rollout.engine == "local":
+        from mmr1_mega.distributed.cpu import device
+        from mmr1_mega.rollout.local import LocalEngine
+
+        return LocalEngine(cfg.model.hf_path, device=str(device()), dtype=cfg.model.dtype)
+    from mmr1_mega.rollout.factory import make_engine
+
+    return make_engine(cfg.rollout, cfg.model.hf_path)
+
+
+def _progress_bar(total: int):
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+        progress = Progress(
+            "[bold]GRPO", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "eta", TimeRemainingColumn(),
+            transient=False,
+        )
+        progress.start()
+        return progress, progress.add_task("steps", total=total)
+    except Exception:  # noqa: BLE001 - a progress bar never stops training
+        return None, None
+
+
+def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:
+    """Validation accuracy / format / reward of the engine's current weights (rank 0)."""
+    from mmr1_mega.trainer.rollout import generate_and_score
+
+    if run.val_data is None:
+        return {}
+    count = min(len(run.val_data), cfg.train.val_max_prompts)
+    r = generate_and_score(
+        run.engine, run.val_data, range(count), 1, cfg.rollout, cfg.reward, seed=seed, temperature=cfg.train.val_temperature
+    )
+    n = max(len(r.accuracy), 1)
+    return {
+        "val/accuracy": sum(r.accuracy) / n,
+        "val/format": sum(r.format) / n,
+        "val/reward": sum(r.rewards) / n,
+        "val/length_mean": sum(len(x) for x in r.response_ids) / n,
+    }
