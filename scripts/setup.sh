@@ -14,4 +14,7 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored" || true
 fi
 python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+# SGLang's own request types, read from its source by the adapter's payload tests (it cannot run here)
+python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('sglang') is None)" 2>/dev/null \
+  || python -m pip install -q --no-deps "sglang==0.5.23" 2>&1 | grep -v "is ignored" || true
 python -c "import torch, megatron.core, transformers, triton; print('mmr1-mega env ready: torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| transformers', transformers.__version__)"

@@ -25,6 +25,10 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.train.output_dir == "/tmp/x"
 
 
+def test_exponent_without_a_dot_is_a_number():
+    assert load_config(None, ["optim.lr=3e-3"]).optim.lr == 3e-3
+
+
 def test_union_typed_field_takes_either_form():
     assert load_config(None, ["vas.tds_metric=distinct_n"]).vas.tds_metric == "distinct_n"
     cfg = load_config(None, ["vas.tds_metric={self_bleu: 0.5, distinct_n: 0.5}"])
@@ -92,3 +96,26 @@ def test_dump_and_reload_round_trips(tmp_path):
     cfg = load_config(None, ["vas.mixture_ratio=0.7", "parallel.tensor_parallel=2"])
     dump_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_3b.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_32b.yaml"])
+def test_example_configs_load_with_paper_defaults(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
+    assert (cfg.rollout.n_samples, cfg.rollout.temperature) == (8, 0.6)
+    assert (cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.kl_coef, cfg.loss.kl_estimator) == (0.2, 0.2, 0.01, "low_var_kl")
+    assert cfg.optim.lr == 1e-6
+    assert (cfg.vas.mixture_ratio, cfg.vas.alpha, cfg.vas.beta, cfg.vas.n_rollouts, cfg.vas.update_every_steps) == (
+        0.5, 0.8, 0.2, 16, 56
+    )
+
+
+def test_demo_config_grpo_section_validates(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "demo_cpu.yaml").read_text())
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(demo["grpo"]))
+    assert load_config(tmp_path / "g.yaml").rollout.engine == "local"

@@ -50,6 +50,7 @@ def _to_device(mb: RolloutBatch) -> dict:
         position_ids=mb.position_ids.to(dev),
         pixel_values=None if mb.pixel_values is None else mb.pixel_values.to(dev),
         image_grid_thw=None if mb.image_grid_thw is None else mb.image_grid_thw.to(dev),
+        image_mask=None if mb.image_mask is None else mb.image_mask.to(dev),
     )
 
 

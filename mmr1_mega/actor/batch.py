@@ -4,6 +4,8 @@ Layout (CPU tensors until a micro-batch is moved to the device):
 - input_ids [B, S]: prompt tokens then response tokens, then padding (pad id 0). Right padding needs no
   attention mask under causal attention.
 - attention_mask [B, S]: 1 on real tokens (prompt and response), 0 on padding.
+- image_mask [B, S]: True on the prompt's image placeholder tokens (a response may contain the placeholder
+  token id too: it is text there, not an image slot).
 - response_mask [B, S]: 1 on response tokens (the tokens the policy generated and is trained on).
 - position_ids [3, B, S]: mrope positions (models.qwen_vl.rope), 0 on padding.
 - pixel_values [P, D] and image_grid_thw [I, 3]: every sample's images, in sample order;
@@ -22,7 +24,7 @@ import torch
 from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
 
 PER_SEQUENCE = ("rewards", "group_ids", "advantages")
-PER_TOKEN = ("input_ids", "attention_mask", "response_mask", "old_logp", "ref_logp")
+PER_TOKEN = ("input_ids", "attention_mask", "response_mask", "image_mask", "old_logp", "ref_logp")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class RolloutBatch:
     pixel_values: "torch.Tensor | None"
     image_grid_thw: "torch.Tensor | None"
     images_per_sample: torch.Tensor
+    image_mask: "torch.Tensor | None" = None
     rewards: "torch.Tensor | None" = None
     group_ids: "torch.Tensor | None" = None
     advantages: "torch.Tensor | None" = None
@@ -141,8 +144,10 @@ def build_batch(
     grid = torch.cat(grids) if grids else None
     pix = [p for p in pixel_values if p is not None and len(p)]
     images_per_sample = torch.tensor([0 if g is None else len(g) for g in image_grid_thw], dtype=torch.long)
-    positions, _ = mrope_position_ids(input_ids, input_ids == image_token_id, grid, spatial_merge_size, attention)
+    image_mask = (input_ids == image_token_id) & (response_mask == 0)
+    positions, _ = mrope_position_ids(input_ids, image_mask, grid, spatial_merge_size, attention)
     return RolloutBatch(
+        image_mask=image_mask,
         input_ids=input_ids,
         attention_mask=attention,
         response_mask=response_mask,

@@ -74,7 +74,7 @@ def train_grpo(cfg: Config) -> dict:
             vas.observe(indices, rollouts.outcomes())
             batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
             batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
-            payload = (batch, rollout_metrics(rollouts) | {f"vas/{k}": v for k, v in vas.metrics().items()})
+            payload = (batch, rollout_metrics(rollouts) | vas.metrics())
         batch, step_metrics = broadcast(payload)
         t["rollout"] = time.perf_counter()
         # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)

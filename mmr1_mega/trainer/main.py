@@ -16,6 +16,9 @@ import sys
 from mmr1_mega.config import ConfigError, load_config
 
 
+USER_ERRORS = ("DataError", "ConfigError", "CheckpointError", "WeightMappingError", "UnknownModelType")
+
+
 def _parse(argv, prog: str):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="YAML config (defaults apply to what it leaves out)")
@@ -57,6 +60,10 @@ def _launch(fn, argv, prog: str) -> int:
     try:
         results = run_on_ranks(fn, world, cfg, timeout_s=7 * 24 * 3600)
     except RankFailed as e:
+        last = str(e).strip().splitlines()[-1]
+        if last.split(":")[0].split(".")[-1] in USER_ERRORS:  # bad input found by a rank: one line
+            print(f"{prog}: error: {last.split(': ', 1)[-1]}", file=sys.stderr)
+            return 2
         print(f"{prog}: a rank failed:\n{e}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in (results[0] or {}).items() if isinstance(v, (int, float))}, indent=1))

@@ -83,10 +83,14 @@ class QwenVLModel(MegatronModule):
         input_ids: torch.Tensor,
         pixel_values: "torch.Tensor | None",
         image_grid_thw: "torch.Tensor | None",
+        image_mask: "torch.Tensor | None" = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features placed on the image placeholder tokens: [seq, batch, h]."""
+        """Token embeddings with image features placed on the image placeholder tokens: [seq, batch, h].
+
+        image_mask: where the image slots are (default: every image placeholder token id)."""
         embeddings = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h], TP-reduced
-        image_mask = input_ids == self.image_token_id
+        if image_mask is None:
+            image_mask = input_ids == self.image_token_id
         n_placeholders = int(image_mask.sum())
         if pixel_values is not None and pixel_values.numel() > 0:
             pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
@@ -114,13 +118,14 @@ class QwenVLModel(MegatronModule):
         pixel_values: "torch.Tensor | None" = None,
         image_grid_thw: "torch.Tensor | None" = None,
         labels: "torch.Tensor | None" = None,
+        image_mask: "torch.Tensor | None" = None,
     ) -> torch.Tensor:
         """input_ids [b, s], position_ids [3, b, s] (models.qwen_vl.rope), attention_mask None (causal)
         or bool [b, 1, s, s] with True = masked. Returns, on the last stage, vocab-parallel logits
         [b, s, vocab / TP] (or per-token losses [b, s] when labels are given); elsewhere the hidden states
         for the next stage.
         """
-        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, image_mask) if self.pre_process else None
         return self.language_model(
             input_ids=input_ids,
             position_ids=position_ids,

@@ -1,0 +1,153 @@
+"""End to end on CPU: cold-start SFT, then GRPO + VAS through every phase at TP=2 and at PP=2, exact resume
+after a kill, and bad-data handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmr1_mega.trainer.checkpoint import complete_checkpoints
+from mmr1_mega.trainer.logger import read_metrics
+from mmr1_mega.trainer.main import sft_main, train_main
+from tests.trainer.tiny_task import grpo_config, make_task, write_config
+
+pytestmark = pytest.mark.distributed
+
+PHASE_KEYS = [
+    "reward/mean", "reward/accuracy", "reward/format", "response/length_mean", "actor/grad_norm", "actor/pg_clipfrac_high",
+    "actor/kl", "vas/vps_mean", "time/rollout", "time/logprob", "time/train", "time/sync", "perf/tokens_per_second",
+]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    model_dir, paths = make_task(root)
+    return root, model_dir, paths
+
+
+def _run(task, tmp_path, name, *overrides, **sections):
+    root, model_dir, paths = task
+    out = tmp_path / name
+    cfg = write_config(tmp_path / f"{name}.yaml", grpo_config(out, model_dir, paths, **sections))
+    assert train_main([str(cfg), *overrides]) == 0
+    return out
+
+
+def _check_run(out: Path, steps: int):
+    recs = read_metrics(out / "metrics.jsonl")
+    assert any(r.get("reward/std", 0) > 0 for r in recs), "rollouts never earned different rewards"
+    assert [r["step"] for r in recs] == list(range(0, steps + 1))
+    assert "val/accuracy" in recs[0] and "val/accuracy" in recs[-1]
+    for r in recs[1:]:
+        missing = [k for k in PHASE_KEYS if k not in r]
+        assert not missing, f"step {r['step']} lacks {missing}"
+        assert r["actor/update_skipped"] == 0.0
+    assert [p.name for p in complete_checkpoints(out)] == ["step_000002", "step_000003"]
+    assert (out / "config.yaml").is_file()
+
+
+def test_grpo_with_tensor_parallel_2(task, tmp_path):
+    _check_run(_run(task, tmp_path, "tp2", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"), 3)
+
+
+def test_grpo_with_pipeline_parallel_2(task, tmp_path):
+    _check_run(_run(task, tmp_path, "pp2", "parallel.pipeline_parallel=2"), 3)
+
+
+def test_sft_exports_a_policy_grpo_can_start_from(task, tmp_path):
+    root, model_dir, paths = task
+    out = tmp_path / "sft"
+    cfg = write_config(tmp_path / "sft.yaml", grpo_config(out, model_dir, paths))
+    assert sft_main([str(cfg), f"sft.export_dir={out / 'hf'}"]) == 0
+    recs = read_metrics(out / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2] and all(r["sft/loss"] > 0 for r in recs)
+    from transformers import AutoModelForImageTextToText
+
+    AutoModelForImageTextToText.from_pretrained(out / "hf")
+    assert (out / "hf" / "tokenizer.json").is_file()
+
+
+COMPARED = ("reward/", "actor/loss", "actor/grad_norm", "actor/pg_", "actor/kl", "vas/", "val/", "response/")
+
+
+def _comparable(rec):
+    return {k: v for k, v in rec.items() if k.startswith(COMPARED) and "seconds" not in k and not k.endswith("_s")}
+
+
+def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
+    root, model_dir, paths = task
+    sections = dict(train={"steps": 4, "val_every_steps": 2}, checkpoint={"save_every_steps": 2, "keep_last": 3})
+    full = tmp_path / "full"
+    write_config(tmp_path / "full.yaml", grpo_config(full, model_dir, paths, **sections))
+    assert train_main([str(tmp_path / "full.yaml")]) == 0
+
+    killed = tmp_path / "killed"
+    cfg = write_config(tmp_path / "killed.yaml", grpo_config(killed, model_dir, paths, **sections))
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mmr1_mega.cli", "train", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # kill once step 3 is logged (checkpoint 2 done)
+        f = killed / "metrics.jsonl"
+        if f.is_file() and any(json.loads(line)["step"] == 3 for line in f.read_text().splitlines() if line):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in complete_checkpoints(killed)] == ["step_000002"]
+
+    assert train_main([str(cfg), "checkpoint.resume=auto"]) == 0
+    ref = {r["step"]: _comparable(r) for r in read_metrics(full / "metrics.jsonl")}
+    assert any(ref[s]["actor/grad_norm"] > 1e-4 for s in (3, 4)), "nothing was learned: the comparison is void"
+    got = {r["step"]: _comparable(r) for r in read_metrics(killed / "metrics.jsonl")}
+    for step in (3, 4):
+        assert got[step] == ref[step], f"step {step} differs after resume"
+
+
+def test_bad_records_are_skipped_and_counted(task, tmp_path, caplog):
+    root, model_dir, paths = task
+    lines = Path(paths["train"]).read_text().splitlines()
+    bad = [json.dumps({"problem": "", "answer": "1", "images": []}), json.dumps({"problem": "x", "images": []}),
+           json.dumps({"problem": "<image>how many?", "answer": "2", "images": ["missing.png"]}), "{not json"]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(lines[:12] + bad) + "\n")
+    # the images of the original rows are relative to the task folder
+    (tmp_path / "images").symlink_to(Path(paths["train"]).parent / "images")
+    out = _run(task, tmp_path, "mixed", f"data.train_files=[{mixed}]", "train.steps=1", "checkpoint.save_every_steps=0")
+    assert (out / "metrics.jsonl").is_file()
+    from mmr1_mega.data.config import DataConfig
+    from mmr1_mega.data.rl_dataset import RLDataset
+
+    ds = RLDataset([str(mixed)], DataConfig())
+    assert len(ds) == 12 and ds.report.skipped == 4
+
+
+def test_wholly_bad_file_is_a_clear_error_before_training(task, tmp_path, capsys):
+    root, model_dir, paths = task
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "", "answer": ""}\n{"nothing": 1}\n')
+    out = tmp_path / "never"
+    cfg = write_config(tmp_path / "bad.yaml", grpo_config(out, model_dir, paths, data={"train_files": [str(bad)]}))
+    rc = train_main([str(cfg)])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "no usable record" in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_missing_model_and_data_are_clear_errors(task, tmp_path, capsys):
+    root, model_dir, paths = task
+    cfg = write_config(tmp_path / "c.yaml", grpo_config(tmp_path / "o", model_dir, paths))
+    assert train_main([str(cfg), f"model.hf_path={tmp_path / 'nope'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert train_main([str(cfg), f"data.train_files=[{tmp_path / 'none.jsonl'}]"]) == 2
+    assert "data file" in capsys.readouterr().err
