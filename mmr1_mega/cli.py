@@ -8,13 +8,19 @@ import importlib.util
 import sys
 
 # (command, subcommand or None) -> "module:function"; imported only when called (megatron imports are slow)
-COMMANDS: dict[tuple[str, "str | None"], tuple[str, str]] = {
+COMMANDS: dict[tuple[str, str | None], tuple[str, str]] = {
     ("train", None): ("mmr1_mega.trainer.main:train_main", "GRPO + VAS training (YAML config + overrides)"),
     ("sft", None): ("mmr1_mega.trainer.main:sft_main", "cold-start SFT on the same actor"),
     ("eval", None): ("mmr1_mega.eval.main:main", "score a checkpoint on a benchmark file"),
-    ("demo", None): ("mmr1_mega.trainer.demo:main", "the CPU demo: synthetic visual math, SFT then GRPO + VAS"),
+    ("demo", None): (
+        "mmr1_mega.trainer.demo:main",
+        "the CPU demo: synthetic visual math, SFT then GRPO + VAS",
+    ),
     ("convert", None): ("mmr1_mega.models.convert:main", "HF <-> megatron checkpoint conversion"),
-    ("data", "synth"): ("mmr1_mega.data.synthetic:main", "write the synthetic visual-counting task (+ demo processor)"),
+    ("data", "synth"): (
+        "mmr1_mega.data.synthetic:main",
+        "write the synthetic visual-counting task (+ demo processor)",
+    ),
     ("bench", "vps"): ("mmr1_mega.vas.bench:main", "VPS / self-BLEU speed vs NLTK"),
     ("bench", "loss"): ("mmr1_mega.ops.bench:main", "fused GRPO loss: eager vs compile vs Triton"),
     ("bench", "sync"): ("mmr1_mega.sync.bench:main", "weight sync seconds and GB/s per transport"),
@@ -43,7 +49,7 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"full scope is deprecated.*")
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

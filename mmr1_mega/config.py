@@ -80,7 +80,9 @@ class OptimConfig:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.lr_decay_style not in ("constant", "cosine", "linear"):
-            raise ConfigError(f"optim.lr_decay_style must be constant, cosine or linear, got {self.lr_decay_style!r}")
+            raise ConfigError(
+                f"optim.lr_decay_style must be constant, cosine or linear, got {self.lr_decay_style!r}"
+            )
         if self.clip_grad < 0:
             raise ConfigError("optim.clip_grad must be >= 0 (0 disables clipping)")
 
@@ -204,7 +206,9 @@ class Config:
             except ValueError as e:
                 raise ConfigError(f"{f.name}: {e}") from None
         if self.train.micro_batch_size > self.train.prompts_per_step * self.rollout.n_samples:
-            raise ConfigError("train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)")
+            raise ConfigError(
+                "train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)"
+            )
         return self
 
     def check_against_model(self, hf_config) -> None:
@@ -312,7 +316,7 @@ def apply_override(data: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(path: "str | Path | None" = None, overrides: "list[str] | None" = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- dotted overrides, validated. Raises ConfigError / FileNotFoundError."""
     data: dict = {}
     if path:
@@ -328,6 +332,6 @@ def load_config(path: "str | Path | None" = None, overrides: "list[str] | None" 
     return from_dict(Config, data).validate()
 
 
-def dump_config(cfg: Config, path: "str | Path") -> None:
+def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the full, resolved configuration as YAML (saved next to every run and checkpoint)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -36,7 +36,9 @@ def test_union_typed_field_takes_either_form():
 
 
 def test_unknown_key_suggests_the_close_one():
-    with pytest.raises(ConfigError, match=r"unknown config key 'vas.mixture_ration'.*did you mean 'mixture_ratio'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'vas.mixture_ration'.*did you mean 'mixture_ratio'"
+    ):
         load_config(None, ["vas.mixture_ration=0.5"])
 
 
@@ -104,11 +106,20 @@ def test_example_configs_load_with_paper_defaults(name):
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
     assert (cfg.rollout.n_samples, cfg.rollout.temperature) == (8, 0.6)
-    assert (cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.kl_coef, cfg.loss.kl_estimator) == (0.2, 0.2, 0.01, "low_var_kl")
-    assert cfg.optim.lr == 1e-6
-    assert (cfg.vas.mixture_ratio, cfg.vas.alpha, cfg.vas.beta, cfg.vas.n_rollouts, cfg.vas.update_every_steps) == (
-        0.5, 0.8, 0.2, 16, 56
+    assert (cfg.loss.clip_low, cfg.loss.clip_high, cfg.loss.kl_coef, cfg.loss.kl_estimator) == (
+        0.2,
+        0.2,
+        0.01,
+        "low_var_kl",
     )
+    assert cfg.optim.lr == 1e-6
+    assert (
+        cfg.vas.mixture_ratio,
+        cfg.vas.alpha,
+        cfg.vas.beta,
+        cfg.vas.n_rollouts,
+        cfg.vas.update_every_steps,
+    ) == (0.5, 0.8, 0.2, 16, 56)
 
 
 def test_demo_config_grpo_section_validates(tmp_path):

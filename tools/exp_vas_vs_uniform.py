@@ -15,8 +15,14 @@ import sys
 from pathlib import Path
 
 SETTINGS = {"uniform": 0.0, "vas-0.5": 0.5, "vas-1.0": 1.0}
-KEYS = ("actor/grad_norm", "actor/pg_clipfrac_high", "actor/pg_clipfrac_low", "reward/accuracy", "val/accuracy",
-        "reward/zero_std_group_frac")
+KEYS = (
+    "actor/grad_norm",
+    "actor/pg_clipfrac_high",
+    "actor/pg_clipfrac_low",
+    "reward/accuracy",
+    "val/accuracy",
+    "reward/zero_std_group_frac",
+)
 
 
 def main(argv=None) -> int:
@@ -40,21 +46,44 @@ def main(argv=None) -> int:
     model_dir, paths = build_assets(out, demo, seed=0)
     cfg_file = out / "grpo.yaml"
     cfg_file.write_text(yaml.safe_dump(demo["grpo"]))
-    data = [f"data.train_files=[{paths['train']}]", f"data.val_files=[{paths['val']}]",
-            f"data.sft_files=[{paths['sft_train']}]"]
+    data = [
+        f"data.train_files=[{paths['train']}]",
+        f"data.val_files=[{paths['val']}]",
+        f"data.sft_files=[{paths['sft_train']}]",
+    ]
     sft_dir = out / "sft_hf"
     if not (sft_dir / "config.json").is_file():
-        assert sft_main([str(cfg_file), f"model.hf_path={model_dir}", f"train.output_dir={out}",
-                         f"sft.export_dir={sft_dir}", *data]) == 0
+        assert (
+            sft_main(
+                [
+                    str(cfg_file),
+                    f"model.hf_path={model_dir}",
+                    f"train.output_dir={out}",
+                    f"sft.export_dir={sft_dir}",
+                    *data,
+                ]
+            )
+            == 0
+        )
     results = {}
     for name in args.settings:
         for seed in args.seeds:
             run_dir = out / f"{name}-seed{seed}"
             extra = [f"train.steps={args.steps}"] if args.steps else []
             if not (run_dir / "metrics.jsonl").is_file():
-                rc = train_main([str(cfg_file), f"model.hf_path={sft_dir}", f"train.output_dir={run_dir}",
-                                 f"vas.mixture_ratio={SETTINGS[name]}", f"vas.enabled={SETTINGS[name] > 0}",
-                                 f"train.seed={seed}", *data, *extra, *args.overrides])
+                rc = train_main(
+                    [
+                        str(cfg_file),
+                        f"model.hf_path={sft_dir}",
+                        f"train.output_dir={run_dir}",
+                        f"vas.mixture_ratio={SETTINGS[name]}",
+                        f"vas.enabled={SETTINGS[name] > 0}",
+                        f"train.seed={seed}",
+                        *data,
+                        *extra,
+                        *args.overrides,
+                    ]
+                )
                 if rc:
                     return rc
             recs = read_metrics(run_dir / "metrics.jsonl")
@@ -83,8 +112,12 @@ def plot(results, png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("actor/grad_norm", "grad norm"), ("actor/pg_clipfrac_high", "clip fraction (high)"),
-              ("reward/zero_std_group_frac", "groups with zero reward variance"), ("val/accuracy", "validation accuracy")]
+    panels = [
+        ("actor/grad_norm", "grad norm"),
+        ("actor/pg_clipfrac_high", "clip fraction (high)"),
+        ("reward/zero_std_group_frac", "groups with zero reward variance"),
+        ("val/accuracy", "validation accuracy"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for ax, (key, title) in zip(axes, panels):
         for setting in SETTINGS:

@@ -15,7 +15,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -30,7 +34,9 @@ from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss
 
 
-def token_logprobs(vocab_parallel_logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def token_logprobs(
+    vocab_parallel_logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """log p(input_ids[:, t] | tokens < t) from vocab-parallel logits [b, s, v/TP]; position 0 gets 0.
 
     Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution
@@ -76,7 +82,9 @@ class MegatronActor:
     ):
         self.hf_config = hf_config
         self.micro_batch_size = micro_batch_size
-        model, self.family = build_model(hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute)
+        model, self.family = build_model(
+            hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute
+        )
         self.table = self.family.weight_table(hf_config)
         load_hf_weights(model, weights_dir, self.table)
         self.config = model.config
@@ -90,7 +98,9 @@ class MegatronActor:
         self.model = DistributedDataParallel(
             self.config,
             DistributedDataParallelConfig(
-                grad_reduce_in_fp32=True, use_distributed_optimizer=use_distributed_optimizer, overlap_grad_reduce=False
+                grad_reduce_in_fp32=True,
+                use_distributed_optimizer=use_distributed_optimizer,
+                overlap_grad_reduce=False,
             ),
             model,
         )
@@ -153,7 +163,7 @@ class MegatronActor:
         )
 
     @torch.no_grad()
-    def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> "torch.Tensor | None":
+    def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor | None:
         """Per-token log-probs [B, S] (aligned with input_ids) on the last pipeline stage; None elsewhere."""
         was_training = self.model.training
         self.model.eval()
@@ -167,7 +177,9 @@ class MegatronActor:
         if not ps.is_pipeline_last_stage():
             return None
         width = batch.seq_len
-        return torch.cat([torch.nn.functional.pad(o["logp"], (0, width - o["logp"].shape[1])) for o in outputs])
+        return torch.cat(
+            [torch.nn.functional.pad(o["logp"], (0, width - o["logp"].shape[1])) for o in outputs]
+        )
 
     # ------------------------------------------------------------------------------------------- training
     def train_step(
@@ -208,7 +220,9 @@ class MegatronActor:
 
         return self._optimizer_step(batch, loss, True, 1.0)
 
-    def _optimizer_step(self, batch: RolloutBatch, loss, per_token: bool, temperature: float) -> dict[str, float]:
+    def _optimizer_step(
+        self, batch: RolloutBatch, loss, per_token: bool, temperature: float
+    ) -> dict[str, float]:
         t0 = time.perf_counter()
         self.model.train()
         self.model.zero_grad_buffer()
@@ -226,12 +240,20 @@ class MegatronActor:
             value, metrics = loss(mb, logp, normaliser)
             # megatron divides each micro-batch loss by the number of micro-batches and DDP averages over
             # DP ranks; the loss is already normalised over the whole step, so undo both.
-            return value * (num_micro * dp), {k: v.detach() for k, v in metrics.items()} | {"loss": value.detach()}
+            return value * (num_micro * dp), {k: v.detach() for k, v in metrics.items()} | {
+                "loss": value.detach()
+            }
 
         outputs = self._run(batch, loss_fn, forward_only=False)
+        # a non-finite loss can come with finite gradients (NaN inputs masked by max/where): check both,
+        # agreeing across all ranks (the loss exists only on the last pipeline stage)
+        bad_loss = torch.zeros(1)
+        if ps.is_pipeline_last_stage() and outputs:
+            bad_loss[0] = float(not all(torch.isfinite(o["loss"]).all() for o in outputs))
+        dist.all_reduce(bad_loss, op=dist.ReduceOp.MAX)
         found_inf = self.optimizer.prepare_grads()
         grad_norm = float("nan") if found_inf else float(self.optimizer.get_grad_norm())
-        skipped = not math.isfinite(grad_norm)
+        skipped = bool(bad_loss.item()) or not math.isfinite(grad_norm)
         if not skipped:
             if self.clip_grad > 0:
                 for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
@@ -257,7 +279,7 @@ class MegatronActor:
         return metrics
 
     # --------------------------------------------------------------------------------------------- export
-    def hf_weights(self, dtype: "torch.dtype | None" = None):
+    def hf_weights(self, dtype: torch.dtype | None = None):
         """Stream this stage's weights with HF names (collective over the stage's TP group)."""
         return iter_hf_weights(self.model, self.table, dtype)
 
@@ -267,4 +289,6 @@ def reduce_metrics(local: dict[str, float]) -> dict[str, float]:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     keys = sorted({k for g in gathered for k in g})
-    return {k: sum(g[k] for g in gathered if k in g) / max(1, sum(1 for g in gathered if k in g)) for k in keys}
+    return {
+        k: sum(g[k] for g in gathered if k in g) / max(1, sum(1 for g in gathered if k in g)) for k in keys
+    }

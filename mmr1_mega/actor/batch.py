@@ -33,15 +33,15 @@ class RolloutBatch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     position_ids: torch.Tensor
-    pixel_values: "torch.Tensor | None"
-    image_grid_thw: "torch.Tensor | None"
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
     images_per_sample: torch.Tensor
-    image_mask: "torch.Tensor | None" = None
-    rewards: "torch.Tensor | None" = None
-    group_ids: "torch.Tensor | None" = None
-    advantages: "torch.Tensor | None" = None
-    old_logp: "torch.Tensor | None" = None
-    ref_logp: "torch.Tensor | None" = None
+    image_mask: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    group_ids: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,9 +76,14 @@ class RolloutBatch:
         if self.image_grid_thw is not None and int(values["images_per_sample"].sum()) > 0:
             ranges = self._patch_ranges()
             first_image = torch.cumsum(self.images_per_sample, 0) - self.images_per_sample
-            values["pixel_values"] = torch.cat([self.pixel_values[ranges[i][0] : ranges[i][1]] for i in idx.tolist()])
+            values["pixel_values"] = torch.cat(
+                [self.pixel_values[ranges[i][0] : ranges[i][1]] for i in idx.tolist()]
+            )
             values["image_grid_thw"] = torch.cat(
-                [self.image_grid_thw[first_image[i] : first_image[i] + self.images_per_sample[i]] for i in idx.tolist()]
+                [
+                    self.image_grid_thw[first_image[i] : first_image[i] + self.images_per_sample[i]]
+                    for i in idx.tolist()
+                ]
             )
         else:
             values["pixel_values"] = None
@@ -97,7 +102,7 @@ class RolloutBatch:
         if length == self.seq_len:
             return self
 
-        def fit(t: "torch.Tensor | None", dim: int) -> "torch.Tensor | None":
+        def fit(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
             if t is None:
                 return None
             if t.shape[dim] >= length:
@@ -114,14 +119,16 @@ class RolloutBatch:
 
     def micro_batches(self, size: int, multiple: int = 1) -> list[RolloutBatch]:
         """Consecutive micro-batches of `size` samples, each trimmed to its own length."""
-        return [self.select(range(i, min(i + size, len(self)))).trim(multiple) for i in range(0, len(self), size)]
+        return [
+            self.select(range(i, min(i + size, len(self)))).trim(multiple) for i in range(0, len(self), size)
+        ]
 
 
 def build_batch(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[int]],
-    pixel_values: Sequence["torch.Tensor | None"],
-    image_grid_thw: Sequence["torch.Tensor | None"],
+    pixel_values: Sequence[torch.Tensor | None],
+    image_grid_thw: Sequence[torch.Tensor | None],
     image_token_id: int,
     spatial_merge_size: int,
 ) -> RolloutBatch:
@@ -161,14 +168,16 @@ def build_batch(
 def build_sft_batch(
     input_ids: Sequence[Sequence[int]],
     label_masks: Sequence[Sequence[bool]],
-    pixel_values: Sequence["torch.Tensor | None"],
-    image_grid_thw: Sequence["torch.Tensor | None"],
+    pixel_values: Sequence[torch.Tensor | None],
+    image_grid_thw: Sequence[torch.Tensor | None],
     image_token_id: int,
     spatial_merge_size: int,
 ) -> RolloutBatch:
     """A RolloutBatch for supervised fine-tuning: response_mask marks the trained (assistant) tokens,
     which may be several spans per conversation."""
-    batch = build_batch(input_ids, [[] for _ in input_ids], pixel_values, image_grid_thw, image_token_id, spatial_merge_size)
+    batch = build_batch(
+        input_ids, [[] for _ in input_ids], pixel_values, image_grid_thw, image_token_id, spatial_merge_size
+    )
     for i, mask in enumerate(label_masks):
         batch.response_mask[i, : len(mask)] = torch.tensor([int(bool(m)) for m in mask], dtype=torch.long)
     return batch

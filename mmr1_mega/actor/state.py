@@ -84,17 +84,19 @@ def _sharded(actor, is_loading: bool) -> dict:
     model_sd = unwrap(actor.model).sharded_state_dict()
     state = {"model": model_sd}
     if actor.train_mode:
-        state["optimizer"] = actor.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPTIM_METADATA)
+        state["optimizer"] = actor.optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=_OPTIM_METADATA
+        )
         state["scheduler"] = actor.scheduler.state_dict()
     return state
 
 
-def save_actor_state(actor, ckpt_dir: "str | os.PathLike") -> None:
+def save_actor_state(actor, ckpt_dir: str | os.PathLike) -> None:
     """Collective over all ranks: write model, optimizer and scheduler state into ckpt_dir (must exist)."""
     dist_checkpointing.save(_sharded(actor, is_loading=False), str(ckpt_dir))
 
 
-def load_actor_state(actor, ckpt_dir: "str | os.PathLike", load_optimizer: bool = True) -> None:
+def load_actor_state(actor, ckpt_dir: str | os.PathLike, load_optimizer: bool = True) -> None:
     """Collective: restore what save_actor_state wrote, at the current layout.
 
     Raises CheckpointError when the directory is not such a checkpoint.
@@ -110,7 +112,9 @@ def load_actor_state(actor, ckpt_dir: "str | os.PathLike", load_optimizer: bool 
     missing, unexpected = module.load_state_dict(state["model"], strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt_dir}: model state does not match: missing {missing[:5]} unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{ckpt_dir}: model state does not match: missing {missing[:5]} unexpected {unexpected[:5]}"
+        )
     if load_optimizer and actor.train_mode:
         for inner in primed:
             inner.state.clear()

@@ -22,14 +22,14 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-CELL = 28  # pixels per grid cell = one merged image token (2 x 2 patches of 14): one shape per LM image token
+CELL = 14  # pixels per grid cell = Qwen-VL patch size, so a shape never straddles two patches
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (230, 190, 20)}
 BACKGROUND = (255, 255, 255)
 SHAPES = ("circle", "square", "triangle")
 LEVELS = {
     1: {"size": 56, "count": (1, 3), "distractors": (0, 0)},
-    2: {"size": 84, "count": (1, 4), "distractors": (1, 3)},
-    3: {"size": 112, "count": (1, 6), "distractors": (2, 6)},
+    2: {"size": 56, "count": (1, 5), "distractors": (1, 3)},
+    3: {"size": 84, "count": (1, 9), "distractors": (2, 8)},
 }
 QUESTION = "<image>How many {color} shapes are in the image?"
 
@@ -62,8 +62,8 @@ class SyntheticConfig:
 def _draw(
     draw: ImageDraw.ImageDraw, shape: str, cell_x: int, cell_y: int, color: tuple[int, int, int]
 ) -> None:
-    x0, y0 = cell_x * CELL + 3, cell_y * CELL + 3
-    x1, y1 = x0 + CELL - 7, y0 + CELL - 7
+    x0, y0 = cell_x * CELL + 2, cell_y * CELL + 2
+    x1, y1 = x0 + CELL - 5, y0 + CELL - 5
     if shape == "circle":
         draw.ellipse((x0, y0, x1, y1), fill=color)
     elif shape == "square":

@@ -33,7 +33,7 @@ def _export_checkpoint(ckpt: str, base: str, out: str) -> None:
     export_hf(actor.model, actor.table, out, base)
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmr1-mega eval", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF directory (weights, config, processor)")
@@ -77,8 +77,12 @@ def main(argv: "list[str] | None" = None) -> int:
         return 2
     engine = LocalEngine(model)
     count = len(data) if not args.max_problems else min(args.max_problems, len(data))
-    rollout = RolloutConfig(n_samples=max(2, args.n), temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    r = generate_and_score(engine, data, range(count), args.n, rollout, RewardConfig(), args.seed, args.temperature)
+    rollout = RolloutConfig(
+        n_samples=max(2, args.n), temperature=args.temperature, max_new_tokens=args.max_new_tokens
+    )
+    r = generate_and_score(
+        engine, data, range(count), args.n, rollout, RewardConfig(), args.seed, args.temperature
+    )
     n = max(1, len(r.accuracy))
     result = {
         "model": str(args.checkpoint or args.model),
@@ -94,8 +98,18 @@ def main(argv: "list[str] | None" = None) -> int:
         with open(args.out, "w", encoding="utf-8") as f:
             for k, text in enumerate(r.texts):
                 rec = data[r.prompt_indices[k // args.n]]
-                f.write(json.dumps({"id": rec["id"], "answer": rec["answer"], "response": text,
-                                    "accuracy": r.accuracy[k], "format": r.format[k]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": rec["id"],
+                            "answer": rec["answer"],
+                            "response": text,
+                            "accuracy": r.accuracy[k],
+                            "format": r.format[k],
+                        }
+                    )
+                    + "\n"
+                )
     print(json.dumps(result, indent=1))
     return 0
 

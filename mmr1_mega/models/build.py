@@ -7,7 +7,9 @@ from megatron.core import parallel_state as ps
 from mmr1_mega.models.registry import get_family
 
 
-def build_model(hf_config, sequence_parallel: bool = False, dtype: str = "fp32", recompute: bool = False, **overrides):
+def build_model(
+    hf_config, sequence_parallel: bool = False, dtype: str = "fp32", recompute: bool = False, **overrides
+):
     """This rank's pipeline stage, for the TP / PP layout already set up in megatron's parallel_state.
 
     Returns (model, family). Raises UnknownModelType or ValueError (layout does not fit the model).

@@ -22,7 +22,7 @@ ASSETS = "hf_assets"
 META = "mmr1_model.json"
 
 
-def save_model_checkpoint(model, ckpt_dir: "str | os.PathLike", hf_assets_dir: "str | os.PathLike") -> None:
+def save_model_checkpoint(model, ckpt_dir: str | os.PathLike, hf_assets_dir: str | os.PathLike) -> None:
     """Save the model's shards as a distributed checkpoint (collective over all ranks)."""
     ckpt_dir = Path(ckpt_dir)
     if dist.get_rank() == 0:
@@ -46,7 +46,7 @@ def module_config_type(ckpt_dir: Path) -> str:
     return json.loads((Path(ckpt_dir) / ASSETS / "config.json").read_text())["model_type"]
 
 
-def check_model_checkpoint(ckpt_dir: "str | os.PathLike") -> Path:
+def check_model_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
     """Raise CheckpointError unless ckpt_dir is a complete model checkpoint; returns its hf_assets dir."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
@@ -61,7 +61,7 @@ def check_model_checkpoint(ckpt_dir: "str | os.PathLike") -> Path:
     return ckpt_dir / ASSETS
 
 
-def load_model_checkpoint(model, ckpt_dir: "str | os.PathLike") -> None:
+def load_model_checkpoint(model, ckpt_dir: str | os.PathLike) -> None:
     """Load a distributed checkpoint saved at any layout into the model built at the current layout."""
     check_model_checkpoint(ckpt_dir)
     module = unwrap(model)

@@ -34,7 +34,9 @@ def _hf_to_mcore_rank(hf_dir: str, out: str, tp: int, pp: int, dtype: str) -> No
     save_model_checkpoint(model, out, hf_dir)
 
 
-def _mcore_to_hf_rank(ckpt_dir: str, out: str, tp: int, pp: int, dtype: "str | None", max_shard_mb: float) -> None:
+def _mcore_to_hf_rank(
+    ckpt_dir: str, out: str, tp: int, pp: int, dtype: str | None, max_shard_mb: float
+) -> None:
     from transformers import AutoConfig
 
     from mmr1_mega.distributed.init import initialize_model_parallel
@@ -82,7 +84,7 @@ def _check_hf_dir(hf_dir: str, tp: int, pp: int) -> None:
     check_layout(cfg, tp, pp, False)
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `mmr1-mega convert`; returns a process exit code."""
     parser = argparse.ArgumentParser(prog="mmr1-mega convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="direction", required=True)
@@ -109,13 +111,22 @@ def main(argv: "list[str] | None" = None) -> int:
     try:
         if args.direction == "hf-to-mcore":
             _check_hf_dir(args.hf_dir, args.tp, args.pp)
-            run_on_ranks(_hf_to_mcore_rank, args.tp * args.pp, args.hf_dir, args.out, args.tp, args.pp, args.dtype)
+            run_on_ranks(
+                _hf_to_mcore_rank, args.tp * args.pp, args.hf_dir, args.out, args.tp, args.pp, args.dtype
+            )
         else:
             from mmr1_mega.models.checkpoint import check_model_checkpoint
 
             check_model_checkpoint(args.ckpt)
             run_on_ranks(
-                _mcore_to_hf_rank, args.tp * args.pp, args.ckpt, args.out, args.tp, args.pp, args.dtype, args.max_shard_mb
+                _mcore_to_hf_rank,
+                args.tp * args.pp,
+                args.ckpt,
+                args.out,
+                args.tp,
+                args.pp,
+                args.dtype,
+                args.max_shard_mb,
             )
     except (CheckpointError, ValueError) as e:
         print(f"mmr1-mega convert: error: {e}", file=sys.stderr)
@@ -125,7 +136,9 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"mmr1-mega convert: error: {last}\n(full traceback above)", file=sys.stderr)
         print(str(e), file=sys.stderr)
         return 1
-    print(json.dumps({"direction": args.direction, "out": args.out, "seconds": round(time.time() - start, 2)}))
+    print(
+        json.dumps({"direction": args.direction, "out": args.out, "seconds": round(time.time() - start, 2)})
+    )
     return 0
 
 

@@ -31,7 +31,7 @@ def canonical_name(name: str) -> str:
 class HFCheckpoint:
     """A safetensors checkpoint directory read lazily: each rank reads only the slices it needs."""
 
-    def __init__(self, path: "str | os.PathLike"):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"HF checkpoint directory {self.path} does not exist")
@@ -53,7 +53,9 @@ class HFCheckpoint:
                     with safe_open(f, "pt") as sf:
                         weight_map.update(dict.fromkeys(sf.keys(), f.name))
                 except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-                    raise CheckpointError(f"{f} is not a readable safetensors file ({e}): re-download it") from e
+                    raise CheckpointError(
+                        f"{f} is not a readable safetensors file ({e}): re-download it"
+                    ) from e
         self.files = {canonical_name(k): (self.path / v, k) for k, v in weight_map.items()}
         for file, _ in set(self.files.values()):
             if not file.is_file():
@@ -84,7 +86,7 @@ class HFCheckpoint:
         file, key = self._entry(name)
         return tuple(self._handle(file).get_slice(key).get_shape())
 
-    def read(self, name: str, dim: "int | None" = None, start: int = 0, stop: int = 0) -> torch.Tensor:
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int = 0) -> torch.Tensor:
         """The tensor `name`, or its [start, stop) slice along dim (only that slice is read from disk)."""
         file, key = self._entry(name)
         if dim is None:
@@ -98,7 +100,7 @@ class HFCheckpoint:
 class ShardedWriter:
     """Writes (name, tensor) pairs into safetensors files of at most max_shard_mb each."""
 
-    def __init__(self, out_dir: "str | os.PathLike", prefix: str, max_shard_mb: float = 4096):
+    def __init__(self, out_dir: str | os.PathLike, prefix: str, max_shard_mb: float = 4096):
         self.out_dir, self.prefix = Path(out_dir), prefix
         self.limit = int(max_shard_mb * 2**20)
         self.buffer: dict[str, torch.Tensor] = {}
@@ -121,7 +123,7 @@ class ShardedWriter:
         self.buffer, self.size = {}, 0
 
 
-def finalize_index(out_dir: "str | os.PathLike", parts: list[tuple[str, list[str]]]) -> None:
+def finalize_index(out_dir: str | os.PathLike, parts: list[tuple[str, list[str]]]) -> None:
     """Rename shard files to model-0000i-of-0000N.safetensors and write the index."""
     out_dir = Path(out_dir)
     total = len(parts)
@@ -136,7 +138,7 @@ def finalize_index(out_dir: "str | os.PathLike", parts: list[tuple[str, list[str
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2))
 
 
-def copy_assets(src: "str | os.PathLike", dst: "str | os.PathLike") -> list[str]:
+def copy_assets(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     """Copy the non-weight files of an HF directory (config, tokenizer, processor, chat template)."""
     src, dst = Path(src), Path(dst)
     copied = []

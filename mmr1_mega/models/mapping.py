@@ -38,7 +38,7 @@ def _rows(total: int, tp_rank: int, tp_size: int, what: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Replicated:
-    partition_dim: "int | None" = None
+    partition_dim: int | None = None
 
     def shard(self, read: Reader, names, shapes, tp_rank: int, tp_size: int) -> torch.Tensor:
         return read(names[0], None, 0, 0)
@@ -135,7 +135,7 @@ class Mapping:
         pattern = pattern.replace(r"\{rest\}", r"(?P<rest>.+)")
         return re.compile(pattern + "$")
 
-    def match(self, megatron_name: str) -> "dict[str, str] | None":
+    def match(self, megatron_name: str) -> dict[str, str] | None:
         m = self._regex().match(megatron_name)
         return m.groupdict() if m else None
 

@@ -43,7 +43,7 @@ def transformer_engine_usable() -> bool:
     return True
 
 
-def decoder_block_spec(config: TransformerConfig, num_layers_here: int, use_te: "bool | None" = None):
+def decoder_block_spec(config: TransformerConfig, num_layers_here: int, use_te: bool | None = None):
     """Spec for the decoder layers of this pipeline stage (Qwen2-style: RMSNorm, SwiGLU, qkv bias).
 
     use_te: None chooses transformer-engine when usable. Returns TransformerBlockSubmodules.

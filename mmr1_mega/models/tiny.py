@@ -6,7 +6,12 @@ import os
 
 import torch
 
-SPECIAL_TOKENS = {"image_token_id": 5, "video_token_id": 6, "vision_start_token_id": 3, "vision_end_token_id": 4}
+SPECIAL_TOKENS = {
+    "image_token_id": 5,
+    "video_token_id": 6,
+    "vision_start_token_id": 3,
+    "vision_end_token_id": 4,
+}
 
 
 def tiny_hf_config(
@@ -20,7 +25,7 @@ def tiny_hf_config(
     tie_word_embeddings: bool = False,
     vision_depth: int = 2,
     vision_hidden: int = 32,
-    special_tokens: "dict | None" = None,
+    special_tokens: dict | None = None,
 ):
     """A small Qwen2-VL / Qwen2.5-VL config: every architectural feature (GQA, qkv bias, mrope, window
     attention in the Qwen2.5 vision tower, tied or untied embeddings) at toy sizes."""
@@ -78,7 +83,7 @@ def tiny_hf_config(
     return cfg
 
 
-def save_tiny_model(out_dir: "str | os.PathLike", seed: int = 0, **config_kwargs):
+def save_tiny_model(out_dir: str | os.PathLike, seed: int = 0, **config_kwargs):
     """Create a tiny random model with transformers (fp32) and save_pretrained it. Returns the HF model."""
     from mmr1_mega.models.registry import get_family
 
@@ -111,7 +116,11 @@ def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (
 
     def image(grid):
         n = grid[0] * grid[1] * grid[2] // merge**2
-        return [hf_config.vision_start_token_id] + [hf_config.image_token_id] * n + [hf_config.vision_end_token_id]
+        return (
+            [hf_config.vision_start_token_id]
+            + [hf_config.image_token_id] * n
+            + [hf_config.vision_end_token_id]
+        )
 
     grids = [list(x) for x in image_grids]
     samples = [

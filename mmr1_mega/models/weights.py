@@ -33,7 +33,7 @@ def _skip_on_export(name: str, module) -> bool:
     return name == "language_model.output_layer.weight" and getattr(module, "tie_word_embeddings", False)
 
 
-def load_hf_weights(model, checkpoint: "HFCheckpoint | str | os.PathLike", table) -> list[str]:
+def load_hf_weights(model, checkpoint: HFCheckpoint | str | os.PathLike, table) -> list[str]:
     """Copy this rank's shard of every parameter from an HF checkpoint into `model`.
 
     Returns the megatron parameter names loaded. Raises WeightMappingError for a parameter no row maps,
@@ -74,7 +74,7 @@ def _gather_tp(param: torch.Tensor) -> list[torch.Tensor]:
 
 
 def iter_hf_weights(
-    model, table, dtype: "torch.dtype | None" = None, tensor_of=None
+    model, table, dtype: torch.dtype | None = None, tensor_of=None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (HF name, full tensor) for every parameter of this pipeline stage.
 
@@ -97,9 +97,9 @@ def iter_hf_weights(
 def export_hf(
     model,
     table,
-    out_dir: "str | os.PathLike",
-    assets_dir: "str | os.PathLike | None",
-    dtype: "torch.dtype | None" = None,
+    out_dir: str | os.PathLike,
+    assets_dir: str | os.PathLike | None,
+    dtype: torch.dtype | None = None,
     max_shard_mb: float = 4096,
 ) -> None:
     """Write the model as an HF directory: sharded safetensors + index, plus config / tokenizer / processor

@@ -26,20 +26,22 @@ COMPLETE = "COMPLETE"
 STATE = "trainer_state.pt"
 
 
-def checkpoint_root(output_dir: "str | os.PathLike") -> Path:
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def complete_checkpoints(output_dir: "str | os.PathLike") -> list[Path]:
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / COMPLETE).is_file()]
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / COMPLETE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def resolve_resume(resume: str, output_dir: "str | os.PathLike") -> "Path | None":
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
     """'' -> None; 'auto' -> newest complete checkpoint or None; a path -> that checkpoint (checked)."""
     if not resume:
         return None
@@ -48,7 +50,9 @@ def resolve_resume(resume: str, output_dir: "str | os.PathLike") -> "Path | None
         return found[-1] if found else None
     path = Path(resume)
     if not (path / COMPLETE).is_file():
-        raise CheckpointError(f"{path} is not a complete checkpoint (no {COMPLETE} marker): pick another or use auto")
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint (no {COMPLETE} marker): pick another or use auto"
+        )
     return path
 
 
@@ -96,7 +100,7 @@ def save_checkpoint(output_dir, step: int, actor, trainer_state: dict, keep_last
     return final
 
 
-def load_checkpoint(path: "str | os.PathLike", actor) -> dict:
+def load_checkpoint(path: str | os.PathLike, actor) -> dict:
     """Collective: restore the actor state and this rank's RNG; returns the trainer state (all ranks)."""
     path = Path(path)
     if not (path / COMPLETE).is_file():

@@ -24,6 +24,7 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     """Write the task data, the processor and the initial tiny model; returns (model dir, data paths)."""
     import torch
 
+    from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
     from mmr1_mega.data.synthetic import SyntheticConfig, generate, synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
     from mmr1_mega.models.registry import get_family
@@ -33,26 +34,45 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     paths = generate(
         str(out / "data"),
         SyntheticConfig(
-            seed=seed, num_train=s["num_train"], num_val=s["num_val"], num_sft=s["num_sft"],
-            levels=tuple(s["levels"]), sft_levels=tuple(s.get("sft_levels") or s["levels"]),
+            seed=seed,
+            num_train=s["num_train"],
+            num_val=s["num_val"],
+            num_sft=s["num_sft"],
+            levels=tuple(s["levels"]),
+            sft_levels=tuple(s.get("sft_levels") or s["levels"]),
         ),
     )
     model_dir = out / "init_hf"
     processor = build_processor(
-        str(model_dir), min_pixels=s["min_pixels"], max_pixels=s["max_pixels"], corpus=synthetic_corpus(),
+        str(model_dir),
+        min_pixels=s["min_pixels"],
+        max_pixels=s["max_pixels"],
+        corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         vocab_size=s["vocab_size"],
     )
     tok = processor.tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
     vocab = -(-len(tok) // 8) * 8  # divisible by any demo TP size
     m = cfg["model"]
     hf_cfg = tiny_hf_config(
-        model_type="qwen2_5_vl", vocab_size=vocab, hidden_size=m["hidden_size"], num_layers=m["num_layers"],
-        num_heads=m["num_heads"], num_kv_heads=m["num_kv_heads"], intermediate_size=m["intermediate_size"],
-        tie_word_embeddings=m["tie_word_embeddings"], vision_depth=m["vision_depth"], vision_hidden=m["vision_hidden"],
+        model_type="qwen2_5_vl",
+        vocab_size=vocab,
+        hidden_size=m["hidden_size"],
+        num_layers=m["num_layers"],
+        num_heads=m["num_heads"],
+        num_kv_heads=m["num_kv_heads"],
+        intermediate_size=m["intermediate_size"],
+        tie_word_embeddings=m["tie_word_embeddings"],
+        vision_depth=m["vision_depth"],
+        vision_hidden=m["vision_hidden"],
         special_tokens={
-            "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
-            "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+            "image_token_id": ids["<|image_pad|>"],
+            "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"],
         },
     )
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
@@ -68,7 +88,7 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     return model_dir, paths
 
 
-def plot_curves(metrics_file: Path, sft_metrics_file: "Path | None", out_png: Path) -> Path:
+def plot_curves(metrics_file: Path, sft_metrics_file: Path | None, out_png: Path) -> Path:
     """Reward, accuracy (train and validation), grad norm and clip fraction per step, as one PNG."""
     import matplotlib
 
@@ -115,12 +135,14 @@ def plot_curves(metrics_file: Path, sft_metrics_file: "Path | None", out_png: Pa
     return out_png
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmr1-mega demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/demo", help="output folder (data, checkpoints, plots)")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo YAML (model, task, SFT, GRPO)")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the GRPO config (e.g. train.steps=10)")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides of the GRPO config (e.g. train.steps=10)"
+    )
     args = parser.parse_args(argv)
 
     import yaml
@@ -147,7 +169,14 @@ def main(argv: "list[str] | None" = None) -> int:
     sft_dir = out / "sft_hf"
     print("[demo] cold-start SFT", flush=True)
     rc = _launch_quiet(
-        "sft", [str(train_yaml), f"model.hf_path={model_dir}", f"train.output_dir={out}", f"sft.export_dir={sft_dir}", *common]
+        "sft",
+        [
+            str(train_yaml),
+            f"model.hf_path={model_dir}",
+            f"train.output_dir={out}",
+            f"sft.export_dir={sft_dir}",
+            *common,
+        ],
     )
     if rc:
         return rc
@@ -155,7 +184,13 @@ def main(argv: "list[str] | None" = None) -> int:
     grpo_dir = out / "grpo"
     rc = _launch_quiet(
         "train",
-        [str(train_yaml), f"model.hf_path={sft_dir}", f"train.output_dir={grpo_dir}", *common, *args.overrides],
+        [
+            str(train_yaml),
+            f"model.hf_path={sft_dir}",
+            f"train.output_dir={grpo_dir}",
+            *common,
+            *args.overrides,
+        ],
     )
     if rc:
         return rc
@@ -174,7 +209,7 @@ def _launch_quiet(kind: str, argv: list[str]) -> int:
     return (sft_main if kind == "sft" else train_main)(argv)
 
 
-def _plot_vas(run_dir: Path, out_png: Path) -> "Path | None":
+def _plot_vas(run_dir: Path, out_png: Path) -> Path | None:
     from mmr1_mega.trainer.checkpoint import STATE, complete_checkpoints
 
     found = complete_checkpoints(run_dir)

@@ -50,7 +50,12 @@ def train_grpo(cfg: Config) -> dict:
 
     def score_fn(prompt_indices):  # VAS refresh: N fresh rollouts per prompt (rank 0 only)
         r = generate_and_score(
-            run.engine, run.train_data, prompt_indices, cfg.vas.n_rollouts, cfg.rollout, cfg.reward,
+            run.engine,
+            run.train_data,
+            prompt_indices,
+            cfg.vas.n_rollouts,
+            cfg.rollout,
+            cfg.reward,
             seed=cfg.train.seed * 1_000_003 + 7919 * vas_step[0],
         )
         return r.outcomes()
@@ -69,7 +74,13 @@ def train_grpo(cfg: Config) -> dict:
         payload = None
         if rank0:
             rollouts = generate_and_score(
-                run.engine, run.train_data, indices, n, cfg.rollout, cfg.reward, seed=cfg.train.seed * 7_919 + step * 104_729
+                run.engine,
+                run.train_data,
+                indices,
+                n,
+                cfg.rollout,
+                cfg.reward,
+                seed=cfg.train.seed * 7_919 + step * 104_729,
             )
             vas.observe(indices, rollouts.outcomes())
             batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
@@ -100,19 +111,29 @@ def train_grpo(cfg: Config) -> dict:
             metrics = dict(step_metrics)
             metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
             metrics.update(_perf(t, batch, sync))
-            if cfg.train.val_every_steps and (step % cfg.train.val_every_steps == 0 or step == cfg.train.steps):
+            if cfg.train.val_every_steps and (
+                step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
+            ):
                 metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
             run.logger.log(step, metrics)
             run.progress(step)
-        if cfg.checkpoint.save_every_steps and (step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps):
+        if cfg.checkpoint.save_every_steps and (
+            step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
+        ):
             ckpt.save_checkpoint(
-                cfg.train.output_dir, step, run.actor, {"vas": vas.state_dict() if rank0 else None}, cfg.checkpoint.keep_last
+                cfg.train.output_dir,
+                step,
+                run.actor,
+                {"vas": vas.state_dict() if rank0 else None},
+                cfg.checkpoint.keep_last,
             )
     run.close()
     return metrics
 
 
 def _perf(t: dict, batch, sync: dict) -> dict:
+    # time/sample includes a VAS refresh when one was due (its own time: vas/last_refresh_s);
+    # time/rollout = generation (time/generate) + rewards (time/reward) + building and sending the batch
     phases = ["sample", "rollout", "logprob", "train", "sync"]
     keys = ["start"] + phases
     out = {f"time/{p}": t[p] - t[keys[i]] for i, p in enumerate(phases)}
@@ -128,4 +149,3 @@ def _perf(t: dict, batch, sync: dict) -> dict:
         }
     )
     return out
-

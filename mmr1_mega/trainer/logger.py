@@ -33,7 +33,7 @@ CONSOLE_KEYS = (
 class MetricsLogger:
     """log(step, metrics) writes everywhere configured; close() flushes. Only rank 0 should build one."""
 
-    def __init__(self, log_cfg, output_dir: "str | os.PathLike", run_config: dict, run_name: str = "run"):
+    def __init__(self, log_cfg, output_dir: str | os.PathLike, run_config: dict, run_name: str = "run"):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -67,8 +67,12 @@ class MetricsLogger:
         self.t0 = time.time()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        self.jsonl.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **metrics}) + "\n")
+        clean = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
+        self.jsonl.write(
+            json.dumps({"step": step, "time": round(time.time() - self.t0, 3), **metrics}) + "\n"
+        )
         self.jsonl.flush()
         if self.tb is not None:
             for k, v in clean.items():
@@ -87,7 +91,7 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def read_metrics(path: "str | os.PathLike") -> list[dict]:
+def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file (later records of a resumed step replace earlier ones)."""
     by_step: dict[tuple, dict] = {}
     with open(path, encoding="utf-8") as f:

@@ -15,7 +15,6 @@ import sys
 
 from mmr1_mega.config import ConfigError, load_config
 
-
 USER_ERRORS = ("DataError", "ConfigError", "CheckpointError", "WeightMappingError", "UnknownModelType")
 
 

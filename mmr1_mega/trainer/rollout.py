@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ class Rollouts:
     accuracy: list[float]
     format: list[float]
     reward_metrics: dict[str, float]
+    generate_seconds: float = 0.0
+    reward_seconds: float = 0.0
 
     def outcomes(self) -> list[RolloutOutcomes]:
         """Per prompt: accuracy outcomes and response token ids (what VAS scores)."""
@@ -46,7 +49,7 @@ def generate_and_score(
     rollout_cfg,
     reward_cfg,
     seed: int,
-    temperature: "float | None" = None,
+    temperature: float | None = None,
 ) -> Rollouts:
     """Sample n responses for each dataset[i] and score them (format + accuracy).
 
@@ -58,6 +61,7 @@ def generate_and_score(
             prompt_ids=list(s["input_ids"]),
             pixel_values=s.get("pixel_values"),
             image_grid_thw=s.get("image_grid_thw"),
+            images=s.get("images") or None,  # engines that process images themselves (SGLang)
             n=n,
             temperature=rollout_cfg.temperature if temperature is None else temperature,
             top_p=rollout_cfg.top_p,
@@ -68,12 +72,15 @@ def generate_and_score(
         )
         for k, s in enumerate(samples)
     ]
+    t0 = time.perf_counter()
     outputs = engine.generate(requests)
+    t1 = time.perf_counter()
     flat = [o for per_prompt in outputs for o in per_prompt]
     texts = [o.text for o in flat]
     answers = [s["answer"] for s in samples for _ in range(n)]
     problems = [s["problem"] for s in samples for _ in range(n)]
     scored = compute_rewards(texts, answers, reward_cfg, problems)
+    t2 = time.perf_counter()
     return Rollouts(
         prompt_indices=[int(i) for i in indices],
         n=n,
@@ -84,6 +91,8 @@ def generate_and_score(
         accuracy=list(scored.accuracy),
         format=list(scored.format),
         reward_metrics=scored.metrics(),
+        generate_seconds=t1 - t0,
+        reward_seconds=t2 - t1,
     )
 
 
@@ -117,5 +126,7 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max(initial=0)),
         "response/truncated_frac": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
+        "time/generate": rollouts.generate_seconds,
+        "time/reward": rollouts.reward_seconds,
         **{k if "/" in k else f"reward/{k}": v for k, v in rollouts.reward_metrics.items()},
     }

@@ -41,11 +41,11 @@ def setup_logging() -> None:
 class Run:
     cfg: Config
     actor: MegatronActor
-    reference: "MegatronActor | None"
+    reference: MegatronActor | None
     pool_size: int
     image_token_id: int
     merge: int
-    resume_from: "Path | None"
+    resume_from: Path | None
     engine: object = None
     train_data: object = None
     val_data: object = None
@@ -133,7 +133,9 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         pool[0] = len(run.train_data)
         if with_engine:
             run.engine = make_rollout_engine(cfg)
-        run.logger = MetricsLogger(cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name)
+        run.logger = MetricsLogger(
+            cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name
+        )
         run._progress, run._task = _progress_bar(cfg.train.steps)
     dist.broadcast_object_list(pool, src=0)
     run.pool_size = pool[0]
@@ -154,10 +156,21 @@ def make_rollout_engine(cfg: Config):
 
 def _progress_bar(total: int):
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         progress = Progress(
-            "[bold]GRPO", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "eta", TimeRemainingColumn(),
+            "[bold]GRPO",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            "eta",
+            TimeRemainingColumn(),
             transient=False,
         )
         progress.start()
@@ -174,7 +187,14 @@ def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:
         return {}
     count = min(len(run.val_data), cfg.train.val_max_prompts)
     r = generate_and_score(
-        run.engine, run.val_data, range(count), 1, cfg.rollout, cfg.reward, seed=seed, temperature=cfg.train.val_temperature
+        run.engine,
+        run.val_data,
+        range(count),
+        1,
+        cfg.rollout,
+        cfg.reward,
+        seed=seed,
+        temperature=cfg.train.val_temperature,
     )
     n = max(len(r.accuracy), 1)
     return {

@@ -36,13 +36,23 @@ def train_sft(cfg: Config) -> dict:
     hf_config = AutoConfig.from_pretrained(cfg.model.hf_path)
     s = cfg.sft
     optim = OptimConfig(
-        lr=s.lr, min_lr=s.lr * 0.1, weight_decay=cfg.optim.weight_decay, clip_grad=cfg.optim.clip_grad,
-        warmup_steps=s.warmup_steps, lr_decay_style=s.lr_decay_style,
+        lr=s.lr,
+        min_lr=s.lr * 0.1,
+        weight_decay=cfg.optim.weight_decay,
+        clip_grad=cfg.optim.clip_grad,
+        warmup_steps=s.warmup_steps,
+        lr_decay_style=s.lr_decay_style,
     )
     actor = MegatronActor(
-        hf_config, cfg.model.hf_path, dtype=cfg.model.dtype, sequence_parallel=p.sequence_parallel,
-        recompute=cfg.model.recompute, optim=optim, use_distributed_optimizer=p.use_distributed_optimizer,
-        total_steps=s.steps, micro_batch_size=cfg.train.micro_batch_size,
+        hf_config,
+        cfg.model.hf_path,
+        dtype=cfg.model.dtype,
+        sequence_parallel=p.sequence_parallel,
+        recompute=cfg.model.recompute,
+        optim=optim,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        total_steps=s.steps,
+        micro_batch_size=cfg.train.micro_batch_size,
     )
     rank0 = dist.get_rank() == 0
     data = logger = None

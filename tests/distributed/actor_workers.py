@@ -25,7 +25,9 @@ LAYOUTS = {
 }
 
 
-def actor_step(hf_dir: str, batch, loss_cfg, optim_kwargs: dict, layouts: list[str], temperature: float) -> dict:
+def actor_step(
+    hf_dir: str, batch, loss_cfg, optim_kwargs: dict, layouts: list[str], temperature: float
+) -> dict:
     """Per layout: logprobs of the whole batch, the metrics of one GRPO step, and the updated weights."""
     hf_config = AutoConfig.from_pretrained(hf_dir)
     results = {}
@@ -66,8 +68,14 @@ def steps_with_checkpoint(hf_dir, batches, loss_cfg, optim_kwargs, layout, ckpt_
     hf_config = AutoConfig.from_pretrained(hf_dir)
     initialize_model_parallel(tp, pp, seed=3)
     actor = MegatronActor(
-        hf_config, hf_dir, dtype="fp32", sequence_parallel=sp, optim=OptimConfig(**optim_kwargs),
-        use_distributed_optimizer=distopt, micro_batch_size=mbs, total_steps=len(batches),
+        hf_config,
+        hf_dir,
+        dtype="fp32",
+        sequence_parallel=sp,
+        optim=OptimConfig(**optim_kwargs),
+        use_distributed_optimizer=distopt,
+        micro_batch_size=mbs,
+        total_steps=len(batches),
     )
     if start_from:
         load_actor_state(actor, ckpt_dir)
@@ -87,3 +95,23 @@ def steps_with_checkpoint(hf_dir, batches, loss_cfg, optim_kwargs, layout, ckpt_
     weights = dict(actor.hf_weights())
     keep = ps.get_tensor_model_parallel_rank() == 0 and dp_rank == 0
     return {"losses": losses, "weights": weights if keep else {}}
+
+
+def nonfinite_then_finite(hf_dir, bad_batch, good_batch, loss_cfg, optim_kwargs):
+    """A step whose loss is NaN must leave weights and optimizer untouched; the next good step updates."""
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    initialize_model_parallel(2, 1, seed=3)
+    actor = MegatronActor(hf_config, hf_dir, dtype="fp32", optim=OptimConfig(**optim_kwargs), micro_batch_size=2)
+    before = {k: v.clone() for k, v in actor.hf_weights()}
+    bad = actor.train_step(bad_batch, loss_cfg)
+    after_bad = {k: v.clone() for k, v in actor.hf_weights()}
+    opt_state_empty = all(len(s) == 0 for s in actor.optimizer.chained_optimizers[0].optimizer.state.values())
+    good = actor.train_step(good_batch, loss_cfg)
+    after_good = dict(actor.hf_weights())
+    return {
+        "bad": bad,
+        "good": good,
+        "unchanged": all(torch.equal(before[k], after_bad[k]) for k in before),
+        "changed_after_good": any(not torch.equal(before[k], after_good[k]) for k in before),
+        "opt_state_empty_after_bad": opt_state_empty,
+    }

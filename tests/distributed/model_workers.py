@@ -10,8 +10,11 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
 from megatron.core import tensor_parallel  # noqa: E402
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig  # noqa: E402
-from megatron.core.distributed import finalize_model_grads  # noqa: E402
+from megatron.core.distributed import (  # noqa: E402
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,  # noqa: E402
+)
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
@@ -130,3 +133,31 @@ def load_ckpt_logits(ckpt_dir: str, batch: dict) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(**_model_inputs(hf_config, batch))
+
+
+def padded_vs_packed(hf_dir: str, batch: dict, layouts: list[str]) -> dict:
+    """Logits of a right-padded batch and of the same samples packed into one row (block-diagonal mask)."""
+    from mmr1_mega.models.qwen_vl.packing import pack_rows, unpack_rows
+
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    out = {}
+    for name in layouts:
+        tp, pp, sp = LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        model, family = build_model(hf_config, sequence_parallel=sp)
+        load_hf_weights(model, hf_dir, family.weight_table(hf_config))
+        model.eval()
+        inputs = _model_inputs(hf_config, batch)
+        multiple = tp if sp else 1
+        ids, pos, mask = pack_rows(inputs["input_ids"], inputs["position_ids"], lengths, multiple)
+        with torch.no_grad():
+            padded = model(**inputs)
+            packed = model(ids, pos, mask, inputs["pixel_values"], inputs["image_grid_thw"])
+            padded = tensor_parallel.gather_from_tensor_model_parallel_region(padded)
+            packed = tensor_parallel.gather_from_tensor_model_parallel_region(packed)
+        per_sample = unpack_rows(packed, lengths)
+        diff = max((per_sample[i] - padded[i, :n]).abs().max().item() for i, n in enumerate(lengths))
+        out[name] = diff
+        dist.barrier()
+    return out

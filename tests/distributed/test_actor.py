@@ -20,7 +20,9 @@ pytestmark = pytest.mark.distributed
 LAYOUTS = list(actor_workers.LAYOUTS)
 TEMPERATURE = 0.7
 OPTIM = dict(lr=1e-3, weight_decay=0.0, clip_grad=0.05, adam_eps=1e-8)
-LOSS = GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.1, kl_estimator="low_var_kl", loss_agg_mode="token-mean")
+LOSS = GRPOLossConfig(
+    clip_low=0.2, clip_high=0.28, kl_coef=0.1, kl_estimator="low_var_kl", loss_agg_mode="token-mean"
+)
 
 
 def _hf_logp(hf, batch):
@@ -51,8 +53,12 @@ def run(tmp_path_factory):
             prompts.append(text[:2] + image + text[2:] if with_image else text)
             pixels.append(torch.randn(16, 1176, generator=g) if with_image else None)
             grids.append(torch.tensor([[1, 4, 4]]) if with_image else None)
-    responses = [torch.randint(8, 128, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (8,), generator=g)]
-    batch = build_batch(prompts, responses, pixels, grids, cfg.image_token_id, cfg.vision_config.spatial_merge_size)
+    responses = [
+        torch.randint(8, 128, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (8,), generator=g)
+    ]
+    batch = build_batch(
+        prompts, responses, pixels, grids, cfg.image_token_id, cfg.vision_config.spatial_merge_size
+    )
     batch.rewards = torch.rand(8, generator=g)
     batch.group_ids = torch.arange(8) // 2
     batch.advantages = compute_advantages(batch.rewards, batch.group_ids, LOSS)
@@ -65,7 +71,14 @@ def run(tmp_path_factory):
     # reference step: transformers model + the loss + torch AdamW with global-norm clipping
     logp = _hf_logp(hf, batch)
     loss, ref_metrics = grpo_loss(
-        logp, batch.old_logp, batch.ref_logp, batch.response_mask, None, None, LOSS, advantages=batch.advantages
+        logp,
+        batch.old_logp,
+        batch.ref_logp,
+        batch.response_mask,
+        None,
+        None,
+        LOSS,
+        advantages=batch.advantages,
     )
     loss.backward()
     grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in hf.parameters())).item()
@@ -88,8 +101,13 @@ def run(tmp_path_factory):
             weights.update(out.get("weights", {}))
         merged[name] = dict(logp=logp_full, weights=weights, metrics=metrics)
     return dict(
-        batch=batch, logp0=logp0, loss=loss.item(), grad_norm=grad_norm, ref_metrics=ref_metrics,
-        ref_weights=ref_weights, results=merged,
+        batch=batch,
+        logp0=logp0,
+        loss=loss.item(),
+        grad_norm=grad_norm,
+        ref_metrics=ref_metrics,
+        ref_weights=ref_weights,
+        results=merged,
     )
 
 
@@ -113,4 +131,6 @@ def test_updated_weights_equal_torch_adamw(run, layout):
     got, ref = run["results"][layout]["weights"], run["ref_weights"]
     assert set(got) == set(ref)
     for name in ref:
-        torch.testing.assert_close(got[name], ref[name], atol=3e-6, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            got[name], ref[name], atol=3e-6, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )

@@ -26,7 +26,9 @@ def _batch(seed, cfg):
     responses = [torch.randint(8, 128, (5,), generator=g).tolist() for _ in range(8)]
     b = build_batch(prompts, responses, [None] * 8, [None] * 8, cfg.image_token_id, 2)
     b.advantages = compute_advantages(torch.rand(8, generator=g), torch.arange(8) // 4, LOSS)
-    b.old_logp = torch.where(b.response_mask.bool(), -3.0 + 0.1 * torch.randn(b.input_ids.shape, generator=g), 0.0)
+    b.old_logp = torch.where(
+        b.response_mask.bool(), -3.0 + 0.1 * torch.randn(b.input_ids.shape, generator=g), 0.0
+    )
     return b
 
 
@@ -59,8 +61,8 @@ PAIRS = [("full", "tp1"), ("full_dist", "dp4")]
 def test_resumed_steps_equal_uninterrupted(runs, full, resumed):
     full_losses, _ = runs[full]
     losses, _ = runs[resumed]
-    for (l_full, g_full, lr_full), (l, g, lr) in zip(full_losses[2:], losses):
-        assert l == pytest.approx(l_full, rel=1e-4, abs=1e-7)
+    for (loss_full, g_full, lr_full), (loss, g, lr) in zip(full_losses[2:], losses):
+        assert loss == pytest.approx(loss_full, rel=1e-4, abs=1e-7)
         assert g == pytest.approx(g_full, rel=1e-4)
         assert lr == pytest.approx(lr_full, rel=1e-9)
 

@@ -34,7 +34,10 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dist_ckpt(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("mcore") / "ckpt"
-    assert convert.main(["hf-to-mcore", "--hf-dir", str(source), "--out", str(out), "--tp", "2", "--pp", "2"]) == 0
+    assert (
+        convert.main(["hf-to-mcore", "--hf-dir", str(source), "--out", str(out), "--tp", "2", "--pp", "2"])
+        == 0
+    )
     return out
 
 
@@ -84,7 +87,10 @@ def test_exported_directory_loads_with_transformers_and_generates(source, dist_c
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     assert next(model.parameters()).dtype == torch.bfloat16
     batch = tiny_vl_batch(model.config, seed=4)
-    batch = {k: v[2:3] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in batch.items()}
+    batch = {
+        k: v[2:3] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
+        for k, v in batch.items()
+    }
     batch["pixel_values"] = batch["pixel_values"][-24:]  # the third sample's image (grid 1x6x4)
     batch["image_grid_thw"] = batch["image_grid_thw"][2:3]
     n = int(batch["attention_mask"].sum())
@@ -113,14 +119,18 @@ def test_corrupt_weight_file_is_a_clear_error(source, tmp_path, capsys):
 
 
 def test_missing_directory_is_a_clear_error(tmp_path, capsys):
-    assert convert.main(["hf-to-mcore", "--hf-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        convert.main(["hf-to-mcore", "--hf-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert convert.main(["mcore-to-hf", "--ckpt", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a megatron distributed checkpoint" in capsys.readouterr().err
 
 
 def test_layout_that_does_not_divide_the_model_is_refused_before_launch(source, tmp_path, capsys):
-    assert convert.main(["hf-to-mcore", "--hf-dir", str(source), "--out", str(tmp_path / "o"), "--tp", "3"]) == 2
+    assert (
+        convert.main(["hf-to-mcore", "--hf-dir", str(source), "--out", str(tmp_path / "o"), "--tp", "3"]) == 2
+    )
     assert "attention heads (4) % tensor_parallel (3)" in capsys.readouterr().err
 
 

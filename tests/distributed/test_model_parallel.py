@@ -37,9 +37,7 @@ def case(request, tmp_path_factory):
     labels = torch.randint(0, hf.config.text_config.vocab_size, batch["input_ids"].shape, generator=g)
     # reference: transformers, fp32
     out = hf(**batch)
-    per_token = torch.nn.functional.cross_entropy(
-        out.logits.transpose(1, 2), labels, reduction="none"
-    )
+    per_token = torch.nn.functional.cross_entropy(out.logits.transpose(1, 2), labels, reduction="none")
     mask = batch["attention_mask"].float()
     loss = (per_token * mask).sum() / mask.sum()
     loss.backward()
@@ -77,9 +75,24 @@ def test_gradients_equal_transformers(case, layout):
     if case["tied"]:
         expected.discard("lm_head.weight")
     assert set(grads) == expected
-    kinds = ["visual.patch_embed", "visual.blocks.0.attn.qkv", "visual.merger", "embed_tokens", "q_proj", "k_proj",
-             "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "layernorm", "model.norm"]
+    kinds = [
+        "visual.patch_embed",
+        "visual.blocks.0.attn.qkv",
+        "visual.merger",
+        "embed_tokens",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "layernorm",
+        "model.norm",
+    ]
     for kind in kinds:
         assert any(kind in n for n in grads), f"no gradient of kind {kind}"
     for name, g in grads.items():
-        torch.testing.assert_close(g, ref[name], atol=2e-6, rtol=1e-4, msg=lambda m: f"{layout} {name}: {m}")
+        torch.testing.assert_close(
+            g, ref[name], atol=2e-6, rtol=1e-4, msg=lambda m, name=name: f"{layout} {name}: {m}"
+        )

@@ -21,8 +21,19 @@ from tests.trainer.tiny_task import grpo_config, make_task, write_config
 pytestmark = pytest.mark.distributed
 
 PHASE_KEYS = [
-    "reward/mean", "reward/accuracy", "reward/format", "response/length_mean", "actor/grad_norm", "actor/pg_clipfrac_high",
-    "actor/kl", "vas/vps_mean", "time/rollout", "time/logprob", "time/train", "time/sync", "perf/tokens_per_second",
+    "reward/mean",
+    "reward/accuracy",
+    "reward/format",
+    "response/length_mean",
+    "actor/grad_norm",
+    "actor/pg_clipfrac_high",
+    "actor/kl",
+    "vas/vps_mean",
+    "time/rollout",
+    "time/logprob",
+    "time/train",
+    "time/sync",
+    "perf/tokens_per_second",
 ]
 
 
@@ -55,7 +66,9 @@ def _check_run(out: Path, steps: int):
 
 
 def test_grpo_with_tensor_parallel_2(task, tmp_path):
-    _check_run(_run(task, tmp_path, "tp2", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"), 3)
+    _check_run(
+        _run(task, tmp_path, "tp2", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"), 3
+    )
 
 
 def test_grpo_with_pipeline_parallel_2(task, tmp_path):
@@ -79,12 +92,16 @@ COMPARED = ("reward/", "actor/loss", "actor/grad_norm", "actor/pg_", "actor/kl",
 
 
 def _comparable(rec):
-    return {k: v for k, v in rec.items() if k.startswith(COMPARED) and "seconds" not in k and not k.endswith("_s")}
+    return {
+        k: v for k, v in rec.items() if k.startswith(COMPARED) and "seconds" not in k and not k.endswith("_s")
+    }
 
 
 def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
     root, model_dir, paths = task
-    sections = dict(train={"steps": 4, "val_every_steps": 2}, checkpoint={"save_every_steps": 2, "keep_last": 3})
+    sections = dict(
+        train={"steps": 4, "val_every_steps": 2}, checkpoint={"save_every_steps": 2, "keep_last": 3}
+    )
     full = tmp_path / "full"
     write_config(tmp_path / "full.yaml", grpo_config(full, model_dir, paths, **sections))
     assert train_main([str(tmp_path / "full.yaml")]) == 0
@@ -92,8 +109,13 @@ def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
     killed = tmp_path / "killed"
     cfg = write_config(tmp_path / "killed.yaml", grpo_config(killed, model_dir, paths, **sections))
     env = dict(os.environ, TORCHDYNAMO_DISABLE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "mmr1_mega.cli", "train", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmr1_mega.cli", "train", str(cfg)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:  # kill once step 3 is logged (checkpoint 2 done)
         f = killed / "metrics.jsonl"
@@ -107,7 +129,9 @@ def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
 
     assert train_main([str(cfg), "checkpoint.resume=auto"]) == 0
     ref = {r["step"]: _comparable(r) for r in read_metrics(full / "metrics.jsonl")}
-    assert any(ref[s]["actor/grad_norm"] > 1e-4 for s in (3, 4)), "nothing was learned: the comparison is void"
+    assert any(ref[s]["actor/grad_norm"] > 1e-4 for s in (3, 4)), (
+        "nothing was learned: the comparison is void"
+    )
     got = {r["step"]: _comparable(r) for r in read_metrics(killed / "metrics.jsonl")}
     for step in (3, 4):
         assert got[step] == ref[step], f"step {step} differs after resume"
@@ -116,13 +140,24 @@ def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
 def test_bad_records_are_skipped_and_counted(task, tmp_path, caplog):
     root, model_dir, paths = task
     lines = Path(paths["train"]).read_text().splitlines()
-    bad = [json.dumps({"problem": "", "answer": "1", "images": []}), json.dumps({"problem": "x", "images": []}),
-           json.dumps({"problem": "<image>how many?", "answer": "2", "images": ["missing.png"]}), "{not json"]
+    bad = [
+        json.dumps({"problem": "", "answer": "1", "images": []}),
+        json.dumps({"problem": "x", "images": []}),
+        json.dumps({"problem": "<image>how many?", "answer": "2", "images": ["missing.png"]}),
+        "{not json",
+    ]
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("\n".join(lines[:12] + bad) + "\n")
     # the images of the original rows are relative to the task folder
     (tmp_path / "images").symlink_to(Path(paths["train"]).parent / "images")
-    out = _run(task, tmp_path, "mixed", f"data.train_files=[{mixed}]", "train.steps=1", "checkpoint.save_every_steps=0")
+    out = _run(
+        task,
+        tmp_path,
+        "mixed",
+        f"data.train_files=[{mixed}]",
+        "train.steps=1",
+        "checkpoint.save_every_steps=0",
+    )
     assert (out / "metrics.jsonl").is_file()
     from mmr1_mega.data.config import DataConfig
     from mmr1_mega.data.rl_dataset import RLDataset
@@ -136,7 +171,9 @@ def test_wholly_bad_file_is_a_clear_error_before_training(task, tmp_path, capsys
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "", "answer": ""}\n{"nothing": 1}\n')
     out = tmp_path / "never"
-    cfg = write_config(tmp_path / "bad.yaml", grpo_config(out, model_dir, paths, data={"train_files": [str(bad)]}))
+    cfg = write_config(
+        tmp_path / "bad.yaml", grpo_config(out, model_dir, paths, data={"train_files": [str(bad)]})
+    )
     rc = train_main([str(cfg)])
     assert rc != 0
     err = capsys.readouterr().err
@@ -151,3 +188,46 @@ def test_missing_model_and_data_are_clear_errors(task, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert train_main([str(cfg), f"data.train_files=[{tmp_path / 'none.jsonl'}]"]) == 2
     assert "data file" in capsys.readouterr().err
+
+
+def test_eval_scores_an_hf_model_and_a_trainer_checkpoint(task, tmp_path, capsys):
+    from mmr1_mega.eval.main import main as eval_main
+
+    root, model_dir, paths = task
+    args = ["--data", paths["val"], "--max-problems", "4", "--max-new-tokens", "24"]
+    assert eval_main(["--model", str(model_dir), *args, "--out", str(tmp_path / "r.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.rfind("{\n") :])["samples"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(set(r) >= {"id", "answer", "response", "accuracy", "format"} for r in rows)
+
+    out = _run(task, tmp_path, "for-eval", "train.steps=2", "checkpoint.save_every_steps=2")
+    capsys.readouterr()
+    step = complete_checkpoints(out)[-1]
+    assert eval_main(["--checkpoint", str(step), "--base", str(model_dir), *args]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.rfind("{\n") :])
+    assert result["problems"] == 4 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_demo_command_completes_with_a_small_setting(tmp_path):
+    import yaml
+
+    from mmr1_mega.trainer.demo import main as demo_main
+    from tests.trainer.tiny_task import TINY
+
+    grpo = grpo_config(tmp_path / "unused", Path("unused"), {"train": "", "val": "", "sft_train": ""})
+    for key in ("hf_path",):
+        grpo["model"].pop(key)
+    grpo["data"] = {"min_pixels": 3136, "max_pixels": 3136, "max_prompt_len": 256}
+    grpo["train"].pop("output_dir")
+    grpo["sft"] = {"steps": 30, "batch_size": 16, "lr": 1.0e-2, "warmup_steps": 0}
+    grpo["train"].update(steps=2, val_every_steps=2)
+    grpo["checkpoint"] = {"save_every_steps": 2, "keep_last": 1}
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 0, **TINY, "grpo": grpo}))
+    assert demo_main(["--out", str(tmp_path / "demo"), "--config", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [s for s, _ in summary["val_curve"]] == [0, 2]
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "demo" / "vas.png").stat().st_size > 10_000

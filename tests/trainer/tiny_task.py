@@ -10,12 +10,23 @@ from mmr1_mega.trainer.demo import build_assets
 
 TINY = {
     "synthetic": {
-        "num_train": 24, "num_val": 8, "num_sft": 16, "levels": [1, 2], "min_pixels": 3136, "max_pixels": 3136,
+        "num_train": 24,
+        "num_val": 8,
+        "num_sft": 16,
+        "levels": [1, 2],
+        "min_pixels": 3136,
+        "max_pixels": 3136,
         "vocab_size": 300,
     },
     "model": {
-        "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 64,
-        "tie_word_embeddings": True, "vision_depth": 1, "vision_hidden": 32,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "intermediate_size": 64,
+        "tie_word_embeddings": True,
+        "vision_depth": 1,
+        "vision_hidden": 32,
     },
 }
 
@@ -28,10 +39,22 @@ def grpo_config(out: Path, model_dir: Path, paths: dict, **sections) -> dict:
         "rollout": {"n_samples": 4, "temperature": 1.0, "max_new_tokens": 24},
         "loss": {"kl_coef": 0.01},
         "vas": {"n_rollouts": 4, "update_every_steps": 2, "refresh_share": 0.5, "progress": False},
-        "data": {"train_files": [paths["train"]], "val_files": [paths["val"]], "sft_files": [paths["sft_train"]],
-                 "min_pixels": 3136, "max_pixels": 3136, "max_prompt_len": 256},
-        "train": {"steps": 3, "prompts_per_step": 4, "micro_batch_size": 4, "val_every_steps": 3,
-                  "val_max_prompts": 4, "output_dir": str(out)},
+        "data": {
+            "train_files": [paths["train"]],
+            "val_files": [paths["val"]],
+            "sft_files": [paths["sft_train"]],
+            "min_pixels": 3136,
+            "max_pixels": 3136,
+            "max_prompt_len": 256,
+        },
+        "train": {
+            "steps": 3,
+            "prompts_per_step": 4,
+            "micro_batch_size": 4,
+            "val_every_steps": 3,
+            "val_max_prompts": 4,
+            "output_dir": str(out),
+        },
         "checkpoint": {"save_every_steps": 2, "keep_last": 2},
         "log": {"wandb": "off", "tensorboard": False},
     }

@@ -86,17 +86,23 @@ def check_layout(hf_config, tensor_parallel: int, pipeline_parallel: int, sequen
         problems.append("tensor_parallel and pipeline_parallel must be >= 1")
     else:
         if text.num_attention_heads % tensor_parallel:
-            problems.append(f"attention heads ({text.num_attention_heads}) % tensor_parallel ({tensor_parallel}) != 0")
+            problems.append(
+                f"attention heads ({text.num_attention_heads}) % tensor_parallel ({tensor_parallel}) != 0"
+            )
         if text.num_key_value_heads % tensor_parallel:
             problems.append(
                 f"query groups / kv heads ({text.num_key_value_heads}) % tensor_parallel ({tensor_parallel}) != 0"
             )
         if text.intermediate_size % tensor_parallel:
-            problems.append(f"intermediate_size ({text.intermediate_size}) % tensor_parallel ({tensor_parallel}) != 0")
+            problems.append(
+                f"intermediate_size ({text.intermediate_size}) % tensor_parallel ({tensor_parallel}) != 0"
+            )
         if text.vocab_size % tensor_parallel:
             problems.append(f"vocab_size ({text.vocab_size}) % tensor_parallel ({tensor_parallel}) != 0")
         if text.num_hidden_layers % pipeline_parallel:
-            problems.append(f"layers ({text.num_hidden_layers}) % pipeline_parallel ({pipeline_parallel}) != 0")
+            problems.append(
+                f"layers ({text.num_hidden_layers}) % pipeline_parallel ({pipeline_parallel}) != 0"
+            )
     if sequence_parallel and tensor_parallel == 1:
         problems.append("sequence_parallel needs tensor_parallel > 1")
     if problems:
@@ -112,8 +118,14 @@ def weight_table(hf_config) -> list[Mapping]:
     tied = bool(getattr(hf_config, "tie_word_embeddings", False))
     return [
         Mapping("vision.{rest}", ("visual.{rest}",), Replicated()),
-        Mapping("language_model.embedding.word_embeddings.weight", ("model.embed_tokens.weight",), ColumnParallel()),
-        Mapping(layer + "input_layernorm.weight", ("model.layers.{layer}.input_layernorm.weight",), Replicated()),
+        Mapping(
+            "language_model.embedding.word_embeddings.weight",
+            ("model.embed_tokens.weight",),
+            ColumnParallel(),
+        ),
+        Mapping(
+            layer + "input_layernorm.weight", ("model.layers.{layer}.input_layernorm.weight",), Replicated()
+        ),
         Mapping(
             layer + "self_attention.linear_qkv.weight",
             (attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"),
@@ -126,9 +138,13 @@ def weight_table(hf_config) -> list[Mapping]:
         ),
         Mapping(layer + "self_attention.linear_proj.weight", (attn + "o_proj.weight",), RowParallel()),
         Mapping(
-            layer + "pre_mlp_layernorm.weight", ("model.layers.{layer}.post_attention_layernorm.weight",), Replicated()
+            layer + "pre_mlp_layernorm.weight",
+            ("model.layers.{layer}.post_attention_layernorm.weight",),
+            Replicated(),
         ),
-        Mapping(layer + "mlp.linear_fc1.weight", (mlp + "gate_proj.weight", mlp + "up_proj.weight"), GatedMLP()),
+        Mapping(
+            layer + "mlp.linear_fc1.weight", (mlp + "gate_proj.weight", mlp + "up_proj.weight"), GatedMLP()
+        ),
         Mapping(layer + "mlp.linear_fc2.weight", (mlp + "down_proj.weight",), RowParallel()),
         Mapping("language_model.decoder.final_layernorm.weight", ("model.norm.weight",), Replicated()),
         Mapping(
@@ -172,5 +188,7 @@ def _qwen2_vision():
     return Qwen2VisionTransformerPretrainedModel
 
 
-register(ModelFamily("qwen2_5_vl", _qwen2_5_vl_class, transformer_config, weight_table, _build(_qwen2_5_vision)))
+register(
+    ModelFamily("qwen2_5_vl", _qwen2_5_vl_class, transformer_config, weight_table, _build(_qwen2_5_vision))
+)
 register(ModelFamily("qwen2_vl", _qwen2_vl_class, transformer_config, weight_table, _build(_qwen2_vision)))

@@ -33,7 +33,7 @@ class QwenVLModel(MegatronModule):
         vision_class: type,
         pre_process: bool = True,
         post_process: bool = True,
-        num_layers_here: "int | None" = None,
+        num_layers_here: int | None = None,
     ):
         super().__init__(config=config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron's pipeline schedules
@@ -81,9 +81,9 @@ class QwenVLModel(MegatronModule):
     def embed(
         self,
         input_ids: torch.Tensor,
-        pixel_values: "torch.Tensor | None",
-        image_grid_thw: "torch.Tensor | None",
-        image_mask: "torch.Tensor | None" = None,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with image features placed on the image placeholder tokens: [seq, batch, h].
 
@@ -114,18 +114,20 @@ class QwenVLModel(MegatronModule):
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
-        attention_mask: "torch.Tensor | None" = None,
-        pixel_values: "torch.Tensor | None" = None,
-        image_grid_thw: "torch.Tensor | None" = None,
-        labels: "torch.Tensor | None" = None,
-        image_mask: "torch.Tensor | None" = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids [b, s], position_ids [3, b, s] (models.qwen_vl.rope), attention_mask None (causal)
         or bool [b, 1, s, s] with True = masked. Returns, on the last stage, vocab-parallel logits
         [b, s, vocab / TP] (or per-token losses [b, s] when labels are given); elsewhere the hidden states
         for the next stage.
         """
-        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, image_mask) if self.pre_process else None
+        decoder_input = (
+            self.embed(input_ids, pixel_values, image_grid_thw, image_mask) if self.pre_process else None
+        )
         return self.language_model(
             input_ids=input_ids,
             position_ids=position_ids,

@@ -21,9 +21,9 @@ def image_position_ids(start: int, grid_thw: torch.Tensor, merge: int) -> torch.
 def mrope_position_ids(
     input_ids: torch.Tensor,
     image_token_mask: torch.Tensor,
-    image_grid_thw: "torch.Tensor | None",
+    image_grid_thw: torch.Tensor | None,
     spatial_merge_size: int,
-    attention_mask: "torch.Tensor | None" = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3-D positions for a batch.
 
