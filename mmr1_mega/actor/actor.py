@@ -195,7 +195,12 @@ class MegatronActor:
 
         def loss(mb, logp, normaliser):
             dev = logp.device
-            return grpo_loss(
+            mask = mb.response_mask.to(dev).bool()
+            inputs = [mb.old_logp.to(dev)] + ([] if mb.ref_logp is None else [mb.ref_logp.to(dev)])
+            # a NaN / inf input must skip the step whatever the loss implementation does with it
+            bad = torch.stack([~torch.isfinite(torch.where(mask, t, 0.0)).all() for t in inputs])
+            bad = bad.any() | ~torch.isfinite(mb.advantages).all()
+            value, metrics = grpo_loss(
                 logp,
                 mb.old_logp.to(dev),
                 None if mb.ref_logp is None else mb.ref_logp.to(dev),
@@ -206,6 +211,7 @@ class MegatronActor:
                 advantages=mb.advantages.to(dev),
                 loss_normaliser=normaliser,
             )
+            return value, metrics | {"nonfinite_inputs": bad.float()}
 
         return self._optimizer_step(batch, loss, per_token, temperature)
 
@@ -249,7 +255,10 @@ class MegatronActor:
         # agreeing across all ranks (the loss exists only on the last pipeline stage)
         bad_loss = torch.zeros(1)
         if ps.is_pipeline_last_stage() and outputs:
-            bad_loss[0] = float(not all(torch.isfinite(o["loss"]).all() for o in outputs))
+            bad_loss[0] = float(
+                not all(torch.isfinite(o["loss"]).all() for o in outputs)
+                or any(float(o.get("nonfinite_inputs", 0)) > 0 for o in outputs)
+            )
         dist.all_reduce(bad_loss, op=dist.ReduceOp.MAX)
         found_inf = self.optimizer.prepare_grads()
         grad_norm = float("nan") if found_inf else float(self.optimizer.get_grad_norm())
