@@ -17,4 +17,7 @@ python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 # SGLang's own request types, read from its source by the adapter's payload tests (it cannot run here)
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('sglang') is None)" 2>/dev/null \
   || python -m pip install -q --no-deps "sglang==0.5.23" 2>&1 | grep -v "is ignored" || true
+# the light modules sglang's weight-sync / request code imports (not its GPU stack)
+python -m pip install -q orjson pybase64 starlette msgspec pyzmq ipython aiohttp 2>&1 \
+  | grep -v -e "is ignored" -e "sglang .* requires" -e "dependency resolver" || true
 python -c "import torch, megatron.core, transformers, triton; print('mmr1-mega env ready: torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| transformers', transformers.__version__)"
