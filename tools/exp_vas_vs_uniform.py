@@ -1,10 +1,12 @@
 """Uniform sampling vs VAS (lambda 0.5 and 1.0) on the demo task over several seeds: the paper's Figure 2
 on our task. One SFT policy is trained (or reused), then a GRPO run per (setting, seed) from it.
 
-    python tools/exp_vas_vs_uniform.py --out outputs/vas_exp --seeds 0 1 2 [--steps 30] [overrides]
+    python tools/exp_vas_vs_uniform.py --out outputs/vas_exp --seeds 0 1 2 [--steps 40] [--jobs 2] [overrides]
 
 Writes <out>/results.json (per run: step -> grad norm, clip fraction, train / validation accuracy) and
-<out>/vas_vs_uniform.png; prints a summary table.
+<out>/vas_vs_uniform.png; prints a summary table. Finished runs (a metrics file that reached the last step)
+are reused, so an interrupted experiment continues where it stopped. --jobs N runs N GRPO runs at once, each
+as its own process with cores / N threads (each run's log: <out>/<setting>-seed<k>.log).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="GRPO runs at once (separate processes)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
 
     import yaml
 
@@ -65,34 +70,81 @@ def main(argv=None) -> int:
             )
             == 0
         )
-    results = {}
+    steps = args.steps or demo["grpo"]["train"]["steps"]
+    runs = []
     for name in args.settings:
         for seed in args.seeds:
             run_dir = out / f"{name}-seed{seed}"
-            extra = [f"train.steps={args.steps}"] if args.steps else []
-            if not (run_dir / "metrics.jsonl").is_file():
-                rc = train_main(
-                    [
-                        str(cfg_file),
-                        f"model.hf_path={sft_dir}",
-                        f"train.output_dir={run_dir}",
-                        f"vas.mixture_ratio={SETTINGS[name]}",
-                        f"vas.enabled={SETTINGS[name] > 0}",
-                        f"train.seed={seed}",
-                        *data,
-                        *extra,
-                        *args.overrides,
-                    ]
-                )
-                if rc:
-                    return rc
-            recs = read_metrics(run_dir / "metrics.jsonl")
-            results[f"{name}/seed{seed}"] = {k: [(r["step"], r[k]) for r in recs if k in r] for k in KEYS}
+            argv_run = [
+                str(cfg_file),
+                f"model.hf_path={sft_dir}",
+                f"train.output_dir={run_dir}",
+                f"vas.mixture_ratio={SETTINGS[name]}",
+                f"vas.enabled={SETTINGS[name] > 0}",
+                f"train.seed={seed}",
+                f"train.steps={steps}",
+                *data,
+                *args.overrides,
+            ]
+            runs.append((name, seed, run_dir, argv_run))
+    todo = [r for r in runs if not _finished(r[2] / "metrics.jsonl", steps, read_metrics)]
+    print(
+        f"[exp] {len(runs) - len(todo)} of {len(runs)} runs already finished; running {len(todo)}", flush=True
+    )
+    rc = _run_all(todo, args.jobs, out, train_main)
+    if rc:
+        return rc
+    results = {}
+    for name, seed, run_dir, _ in runs:
+        recs = read_metrics(run_dir / "metrics.jsonl")
+        results[f"{name}/seed{seed}"] = {k: [(r["step"], r[k]) for r in recs if k in r] for k in KEYS}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     png = plot(results, out / "vas_vs_uniform.png")
     print(summary(results))
     print(f"wrote {out / 'results.json'} and {png}")
     return 0
+
+
+def _finished(metrics: Path, steps: int, read_metrics) -> bool:
+    if not metrics.is_file():
+        return False
+    return any(r.get("step") == steps and "val/accuracy" in r for r in read_metrics(metrics))
+
+
+def _run_all(todo, jobs: int, out: Path, train_main) -> int:
+    """Run the GRPO runs in-process (jobs=1) or as `jobs` concurrent processes; returns the first failure code."""
+    import os
+    import subprocess
+    import time
+
+    if jobs == 1:
+        for name, seed, _, argv_run in todo:
+            print(f"[exp] {name} seed {seed}", flush=True)
+            rc = train_main(argv_run)
+            if rc:
+                return rc
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, running, failed = list(todo), [], 0
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, seed, run_dir, argv_run = pending.pop(0)
+            log = open(out / f"{name}-seed{seed}.log", "w")
+            cmd = [sys.executable, "-m", "mmr1_mega.cli", "train", *argv_run]
+            running.append(
+                (name, seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            )
+            print(f"[exp] started {name} seed {seed} (log {log.name})", flush=True)
+        time.sleep(2)
+        for item in list(running):
+            name, seed, proc, log = item
+            if proc.poll() is not None:
+                running.remove(item)
+                log.close()
+                print(f"[exp] {name} seed {seed} finished with exit code {proc.returncode}", flush=True)
+                failed = failed or proc.returncode
+    return failed
 
 
 def _mean_curve(results, setting, key):

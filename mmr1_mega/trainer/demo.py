@@ -20,28 +20,44 @@ from pathlib import Path
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo_cpu.yaml"
 
 
+def synthetic_config(cfg: dict, seed: int):
+    """The SyntheticConfig of a demo YAML's `synthetic` section (validated). Raises ValueError on bad values."""
+    from mmr1_mega.data.synthetic import LEVELS, SyntheticConfig
+
+    s = dict(cfg["synthetic"])
+    known = set(SyntheticConfig.__dataclass_fields__) | {"min_pixels", "max_pixels", "vocab_size"}
+    unknown = sorted(set(s) - known)
+    if unknown:
+        raise ValueError(f"demo config: unknown synthetic keys {unknown}; known: {sorted(known)}")
+    tuples = ("levels", "sft_levels", "teacher_error_levels", "target_colors")
+    kwargs = {
+        k: (tuple(v) if k in tuples and v else v)
+        for k, v in s.items()
+        if k in SyntheticConfig.__dataclass_fields__ and k not in ("seed", "extra")
+    }
+    syn = SyntheticConfig(seed=seed, **kwargs).validate()
+    sides = [LEVELS[lv]["cells"] * syn.cell for lv in syn.levels + (syn.sft_levels or ())]
+    lo, hi = s.get("min_pixels", 0), s.get("max_pixels", float("inf"))
+    if min(sides) ** 2 < lo or max(sides) ** 2 > hi:
+        raise ValueError(
+            f"demo config: the task's images are {min(sides)}-{max(sides)} px wide but synthetic.min_pixels / "
+            f"max_pixels are {lo} / {hi}; widen them to [{min(sides) ** 2}, {max(sides) ** 2}]"
+        )
+    return syn
+
+
 def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     """Write the task data, the processor and the initial tiny model; returns (model dir, data paths)."""
     import torch
 
     from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
-    from mmr1_mega.data.synthetic import SyntheticConfig, generate, synthetic_corpus
+    from mmr1_mega.data.synthetic import generate, synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
     from mmr1_mega.models.registry import get_family
     from mmr1_mega.models.tiny import tiny_hf_config
 
     s = cfg["synthetic"]
-    paths = generate(
-        str(out / "data"),
-        SyntheticConfig(
-            seed=seed,
-            num_train=s["num_train"],
-            num_val=s["num_val"],
-            num_sft=s["num_sft"],
-            levels=tuple(s["levels"]),
-            sft_levels=tuple(s.get("sft_levels") or s["levels"]),
-        ),
-    )
+    paths = generate(str(out / "data"), synthetic_config(cfg, seed))
     model_dir = out / "init_hf"
     processor = build_processor(
         str(model_dir),

@@ -101,7 +101,9 @@ def nonfinite_then_finite(hf_dir, bad_batch, good_batch, loss_cfg, optim_kwargs)
     """A step whose loss is NaN must leave weights and optimizer untouched; the next good step updates."""
     hf_config = AutoConfig.from_pretrained(hf_dir)
     initialize_model_parallel(2, 1, seed=3)
-    actor = MegatronActor(hf_config, hf_dir, dtype="fp32", optim=OptimConfig(**optim_kwargs), micro_batch_size=2)
+    actor = MegatronActor(
+        hf_config, hf_dir, dtype="fp32", optim=OptimConfig(**optim_kwargs), micro_batch_size=2
+    )
     before = {k: v.clone() for k, v in actor.hf_weights()}
     bad = actor.train_step(bad_batch, loss_cfg)
     after_bad = {k: v.clone() for k, v in actor.hf_weights()}

@@ -23,7 +23,9 @@ def test_nan_step_is_skipped_and_the_next_step_trains(tmp_path):
     first_response = bad.response_mask.nonzero()[0]
     bad.old_logp[first_response[0], first_response[1]] = float("nan")
     loss = GRPOLossConfig()
-    [r0, _] = run_on_ranks(actor_workers.nonfinite_then_finite, 2, str(tmp_path), bad, good, loss, {"lr": 1e-3})
+    [r0, _] = run_on_ranks(
+        actor_workers.nonfinite_then_finite, 2, str(tmp_path), bad, good, loss, {"lr": 1e-3}
+    )
     assert r0["bad"]["update_skipped"] == 1.0 and r0["bad"]["nonfinite_inputs"] > 0
     assert r0["unchanged"] and r0["opt_state_empty_after_bad"]
     assert r0["good"]["update_skipped"] == 0.0 and math.isfinite(r0["good"]["grad_norm"])
