@@ -3,7 +3,9 @@
 Under torchrun (WORLD_SIZE set) the function simply runs in this process. Otherwise N processes are
 forked from this one, so that the parent's imports (megatron-core takes ~7 s) are shared, and the
 function's return value of each rank comes back in a list. A failure on any rank is re-raised here with
-that rank's traceback.
+that rank's traceback; a rank that dies without reporting (a signal, os._exit, the OOM killer, a crash in a
+library's background thread that ends the process) is noticed within a second, so the other ranks, which
+may be blocked in a collective waiting for it, are killed instead of hanging until the timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue as queue_mod
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +55,16 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs:
             pass
 
 
+def _dead_rank(procs: list, results: dict) -> tuple[int, str] | None:
+    """(rank, message) of a rank whose process ended abnormally without reporting, else None. A rank that
+    reports (success or a caught exception) exits with code 0, so a non-zero exit code means it died."""
+    for rank, p in enumerate(procs):
+        if rank not in results and p.exitcode not in (None, 0):
+            how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+            return rank, f"the rank's process ended with {how} without reporting a result or a traceback"
+    return None
+
+
 def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, **kwargs: Any) -> list:
     """Run fn(*args, **kwargs) on world_size forked ranks; returns the per-rank results in rank order.
 
@@ -71,13 +84,17 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 9
         p.start()
     results: dict[int, Any] = {}
     failure = None
+    deadline = time.monotonic() + timeout_s
     try:
-        for _ in range(world_size):
+        while len(results) < world_size and failure is None:
             try:
-                rank, ok, value = queue.get(timeout=timeout_s)
-            except queue_mod.Empty as e:
-                raise TimeoutError(f"ranks did not finish within {timeout_s} s") from e
-            if not ok and failure is None:
+                rank, ok, value = queue.get(timeout=1.0)
+            except queue_mod.Empty:
+                failure = _dead_rank(procs, results)
+                if failure is None and time.monotonic() > deadline:
+                    raise TimeoutError(f"ranks did not finish within {timeout_s} s") from None
+                continue
+            if not ok:
                 failure = (rank, value)
                 break
             results[rank] = pickle.loads(value)

@@ -1,0 +1,42 @@
+"""The fork launcher: results in rank order, tracebacks of failing ranks, and ranks that die silently."""
+
+import os
+import time
+
+import pytest
+
+from mmr1_mega.distributed.launch import RankFailed, run_on_ranks
+
+
+def _rank_value(scale):
+    return int(os.environ["RANK"]) * scale
+
+
+def _raise_on_rank_1():
+    if os.environ["RANK"] == "1":
+        raise ValueError("bad input on rank 1")
+    time.sleep(120)  # the other rank would wait for it in a collective
+
+
+def _die_silently_on_rank_1():
+    if os.environ["RANK"] == "1":
+        os._exit(3)  # no traceback, no report: as the OOM killer or a crash in a native thread
+    time.sleep(120)
+
+
+def test_results_come_back_in_rank_order():
+    assert run_on_ranks(_rank_value, 3, 10) == [0, 10, 20]
+
+
+def test_a_failing_rank_is_reported_with_its_traceback_and_the_others_are_stopped():
+    t0 = time.monotonic()
+    with pytest.raises(RankFailed, match="rank 1 failed(.|\n)*bad input on rank 1"):
+        run_on_ranks(_raise_on_rank_1, 2)
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_rank_that_dies_without_reporting_fails_fast_instead_of_hanging():
+    t0 = time.monotonic()
+    with pytest.raises(RankFailed, match="rank 1 failed(.|\n)*exit code 3 without reporting"):
+        run_on_ranks(_die_silently_on_rank_1, 2, timeout_s=600)
+    assert time.monotonic() - t0 < 30
