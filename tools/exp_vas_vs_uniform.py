@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="GRPO runs at once (separate processes)")
+    ap.add_argument("--config", default=None, help="demo YAML (default: examples/demo_cpu.yaml)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    demo = yaml.safe_load(DEMO_CONFIG.read_text())
+    demo = yaml.safe_load(Path(args.config or DEMO_CONFIG).read_text())
     model_dir, paths = build_assets(out, demo, seed=0)
     cfg_file = out / "grpo.yaml"
     cfg_file.write_text(yaml.safe_dump(demo["grpo"]))
