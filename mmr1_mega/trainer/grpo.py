@@ -62,16 +62,20 @@ def train_grpo(cfg: Config) -> dict:
 
     vas_step = [start]
     metrics: dict = {}
+    run.progress(start)
     if rank0 and start == 0 and run.val_data is not None and cfg.train.val_every_steps:
+        run.phase("validate (starting policy)")
         run.logger.log(0, evaluate(run, cfg, seed=cfg.train.seed))  # the starting policy (e.g. after SFT)
     for step in range(start + 1, cfg.train.steps + 1):
         t = {"start": time.perf_counter()}
         vas_step[0] = step
+        run.phase("sample (VAS)")
         # 1. VAS draws the prompts on rank 0 (refreshing VPS when due) and broadcasts the indices
         indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
         t["sample"] = time.perf_counter()
         # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
         payload = None
+        run.phase("rollout + reward")
         if rank0:
             rollouts = generate_and_score(
                 run.engine,
@@ -92,18 +96,21 @@ def train_grpo(cfg: Config) -> dict:
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         local = batch.select(range(dp_rank, len(batch), dp))
         temperature = cfg.rollout.temperature or 1.0
+        run.phase("old / ref logprobs")
         local.old_logp = run.actor.logprobs(local, temperature)
         if run.reference is not None:
             local.ref_logp = run.reference.logprobs(local, temperature)
         t["logprob"] = time.perf_counter()
         # 4. PPO epochs over mini-batches: one optimizer step each
         train_metrics = {}
+        run.phase("train")
         for _ in range(cfg.train.ppo_epochs):
             for k in range(cfg.train.ppo_mini_batches):
                 mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
                 train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
         t["train"] = time.perf_counter()
         # 5. new weights into the rollout engine
+        run.phase("weight sync")
         sync = sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
         t["sync"] = time.perf_counter()
         # 6. validation, logs, checkpoint
@@ -114,12 +121,14 @@ def train_grpo(cfg: Config) -> dict:
             if cfg.train.val_every_steps and (
                 step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
             ):
+                run.phase("validate")
                 metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
             run.logger.log(step, metrics)
             run.progress(step)
         if cfg.checkpoint.save_every_steps and (
             step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
         ):
+            run.phase("checkpoint")
             ckpt.save_checkpoint(
                 cfg.train.output_dir,
                 step,

@@ -100,3 +100,58 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
                 rec = json.loads(line)
                 by_step[(rec.get("phase", "grpo"), rec["step"])] = rec
     return [by_step[k] for k in sorted(by_step, key=lambda k: (k[0], k[1]))]
+
+
+class PhaseProgress:
+    """A rich progress bar for one stage (GRPO steps, SFT steps) showing the step count, elapsed time, ETA and
+    the phase now running ("rollout", "logprob", "train", "sync", "validate", ...).
+
+    PhaseProgress() (no label) is inert, as on ranks other than 0. The bar goes to stderr and is only drawn
+    on a terminal; a bar that cannot start never stops training.
+    """
+
+    def __init__(self, label: str | None = None, total: int = 0, completed: int = 0) -> None:
+        self._progress = self._task = None
+        self.current_phase = ""
+        if label is None:
+            return
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                f"[bold]{label}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "eta",
+                TimeRemainingColumn(),
+                TextColumn("[cyan]{task.description}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=total, completed=completed)
+        except Exception:  # noqa: BLE001 - a progress bar never stops training
+            self._progress = None
+
+    def update(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def phase(self, name: str) -> None:
+        self.current_phase = name
+        if self._progress is not None:
+            self._progress.update(self._task, description=name)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -16,6 +16,7 @@ from mmr1_mega.data.errors import DataError
 from mmr1_mega.distributed.init import initialize_model_parallel
 from mmr1_mega.models.hf_io import CheckpointError, HFCheckpoint
 from mmr1_mega.trainer import checkpoint as ckpt
+from mmr1_mega.trainer.logger import PhaseProgress
 
 log = logging.getLogger("mmr1_mega")
 
@@ -50,16 +51,17 @@ class Run:
     train_data: object = None
     val_data: object = None
     logger: object = None
-    _progress: object = field(default=None, repr=False)
-    _task: object = None
+    bar: PhaseProgress = field(default_factory=PhaseProgress)
 
     def progress(self, step: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=step)
+        self.bar.update(step)
+
+    def phase(self, name: str) -> None:
+        """Show which phase of the step runs now (rollout, logprob, train, sync, validate, ...)."""
+        self.bar.phase(name)
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        self.bar.stop()
         if self.logger is not None:
             self.logger.close()
         if self.engine is not None:
@@ -136,7 +138,7 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         run.logger = MetricsLogger(
             cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name
         )
-        run._progress, run._task = _progress_bar(cfg.train.steps)
+        run.bar = PhaseProgress("GRPO", cfg.train.steps)
     dist.broadcast_object_list(pool, src=0)
     run.pool_size = pool[0]
     return run
@@ -152,31 +154,6 @@ def make_rollout_engine(cfg: Config):
     from mmr1_mega.rollout.factory import make_engine
 
     return make_engine(cfg.rollout, cfg.model.hf_path)
-
-
-def _progress_bar(total: int):
-    try:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        progress = Progress(
-            "[bold]GRPO",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            "eta",
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        progress.start()
-        return progress, progress.add_task("steps", total=total)
-    except Exception:  # noqa: BLE001 - a progress bar never stops training
-        return None, None
 
 
 def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:

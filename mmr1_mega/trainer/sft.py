@@ -18,6 +18,7 @@ from mmr1_mega.config import Config, OptimConfig, dump_config
 from mmr1_mega.distributed.init import initialize_model_parallel
 from mmr1_mega.models.weights import export_hf
 from mmr1_mega.trainer.grpo import broadcast
+from mmr1_mega.trainer.logger import PhaseProgress
 from mmr1_mega.trainer.setup import setup_logging
 
 log = logging.getLogger("mmr1_mega")
@@ -64,6 +65,7 @@ def train_sft(cfg: Config) -> dict:
         data = SFTDataset(cfg.data.sft_files, cfg.data, load_processor(cfg.model.hf_path))
         logger = MetricsLogger(cfg.log, Path(cfg.train.output_dir) / "sft", cfg.to_dict(), "sft")
         dump_config(cfg, Path(cfg.train.output_dir) / "sft" / "config.yaml")
+    bar = PhaseProgress("SFT" if rank0 else None, s.steps)
     rng = np.random.default_rng(cfg.train.seed)
     order: list[int] = []
     metrics: dict = {}
@@ -89,8 +91,11 @@ def train_sft(cfg: Config) -> dict:
         if rank0:
             metrics = {f"sft/{k}": v for k, v in m.items()} | {"perf/step_seconds": time.perf_counter() - t0}
             logger.log(step, metrics)
+            bar.update(step)
+    bar.phase("export")
     out = sft_export_dir(cfg)
     export_hf(actor.model, actor.table, out, cfg.model.hf_path)
+    bar.stop()
     if rank0:
         logger.close()
         log.info("SFT policy exported to %s", out)

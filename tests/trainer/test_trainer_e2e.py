@@ -264,3 +264,23 @@ def test_vas_vs_uniform_experiment_tool_runs_plots_and_reuses_finished_runs(tmp_
     capsys.readouterr()
     assert exp.main([*args, "--settings", "uniform", "vas-0.5"]) == 0  # nothing left to run
     assert "2 of 2 runs already finished; running 0" in capsys.readouterr().out
+
+
+def test_phase_progress_is_inert_off_rank_0_and_tracks_the_phase():
+    from mmr1_mega.trainer.logger import PhaseProgress
+
+    off = PhaseProgress()
+    off.update(3)
+    off.phase("train")
+    off.stop()
+    assert off.current_phase == "train"
+    bar = PhaseProgress("GRPO", total=4)
+    for step, name in enumerate(("rollout + reward", "train", "weight sync"), 1):
+        bar.phase(name)
+        bar.update(step)
+        assert bar.current_phase == name
+        if bar._progress is not None:
+            task = bar._progress.tasks[0]
+            assert (task.completed, task.description) == (step, name)
+    bar.stop()
+    bar.stop()  # idempotent
