@@ -100,6 +100,7 @@ def main(argv=None) -> int:
         recs = read_metrics(run_dir / "metrics.jsonl")
         results[f"{name}/seed{seed}"] = {k: [(r["step"], r[k]) for r in recs if k in r] for k in KEYS}
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary_rows(results), indent=1))
     png = plot(results, out / "vas_vs_uniform.png")
     print(summary(results))
     print(f"wrote {out / 'results.json'} and {png}")
@@ -148,59 +149,127 @@ def _run_all(todo, jobs: int, out: Path, train_main) -> int:
     return failed
 
 
-def _mean_curve(results, setting, key):
+def _curves(results, setting, key):
+    """(steps, [runs x steps] values) of one setting over the steps every run of it logged."""
     import numpy as np
 
-    runs = [v[key] for k, v in results.items() if k.startswith(setting + "/") and v[key]]
+    runs = [v[key] for k, v in results.items() if k.startswith(setting + "/") and v.get(key)]
     if not runs:
-        return [], [], []
+        return [], np.zeros((0, 0))
     steps = sorted(set.intersection(*[{s for s, _ in r} for r in runs]))
-    vals = np.array([[dict(r)[s] for s in steps] for r in runs])
-    return steps, vals.mean(0), vals.std(0)
+    return steps, np.array([[dict(r)[s] for s in steps] for r in runs], dtype=float)
+
+
+def _smooth(y, window: int):
+    import numpy as np
+
+    if window <= 1 or len(y) < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window // 2, y[0]), y, np.full(window - 1 - window // 2, y[-1])])
+    return np.convolve(padded, kernel, mode="valid")
 
 
 def plot(results, png: Path) -> Path:
+    """Per setting: the mean over seeds (line, per-step curves smoothed over 5 steps) and the range over seeds
+    (band). Grad norm on a log scale, where single-step spikes do not hide the typical level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     panels = [
-        ("actor/grad_norm", "grad norm"),
-        ("actor/pg_clipfrac_high", "clip fraction (high)"),
-        ("reward/zero_std_group_frac", "groups with zero reward variance"),
-        ("val/accuracy", "validation accuracy"),
+        ("actor/grad_norm", "grad norm (log scale)", 5),
+        ("actor/pg_clipfrac_high", "clip fraction (high)", 5),
+        ("reward/zero_std_group_frac", "groups with zero reward variance", 5),
+        ("reward/accuracy", "train accuracy (sampled prompts)", 5),
+        ("val/accuracy", "validation accuracy (greedy)", 1),
     ]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    for ax, (key, title) in zip(axes, panels):
+    fig, grid = plt.subplots(2, 3, figsize=(16, 8.5))
+    axes = grid.flat
+    for ax, (key, title, window) in zip(axes, panels):
         for setting in SETTINGS:
-            steps, mean, std = _mean_curve(results, setting, key)
-            if steps:
-                ax.plot(steps, mean, label=setting)
-                ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            steps, vals = _curves(results, setting, key)
+            if not steps:
+                continue
+            lo, hi = (_smooth(v, window) for v in (vals.min(0), vals.max(0)))
+            # grad norm: the median over seeds, so one seed's single-step spike does not set the line
+            centre = np.median(vals, 0) if key == "actor/grad_norm" else vals.mean(0)
+            ax.plot(steps, _smooth(centre, window), label=f"{setting} ({len(vals)} seeds)")
+            ax.fill_between(steps, lo, hi, alpha=0.15)
+        if key == "actor/grad_norm":
+            ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Uniform sampling vs VAS on the demo task (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+    table = grid.flat[len(panels)]
+    table.axis("off")
+    table.text(0, 0.5, _table_text(results), family="monospace", fontsize=8.5, va="center")
+    fig.suptitle(
+        "Uniform sampling vs VAS on the demo task: mean over seeds (grad norm: median), band = range over seeds"
+    )
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
 
 
-def summary(results) -> str:
+def summary_rows(results) -> dict[str, dict[str, float]]:
+    """Per setting, averaged over seeds: mean and median grad norm over steps, clip fraction, zero-variance
+    group fraction and train accuracy over steps; validation accuracy at the start and the last step."""
     import numpy as np
 
-    lines = [f"{'setting':<10} {'grad_norm':>10} {'clipfrac':>10} {'zero_std':>10} {'val_acc_end':>12}"]
+    rows = {}
     for setting in SETTINGS:
-        row = []
-        for key in ("actor/grad_norm", "actor/pg_clipfrac_high", "reward/zero_std_group_frac"):
-            steps, mean, _ = _mean_curve(results, setting, key)
-            row.append(float(np.mean(mean)) if steps else float("nan"))
-        steps, mean, _ = _mean_curve(results, setting, "val/accuracy")
-        row.append(float(mean[-1]) if steps else float("nan"))
-        lines.append(f"{setting:<10} " + " ".join(f"{v:>10.4f}" for v in row[:3]) + f" {row[3]:>12.4f}")
+        row = {}
+        steps, g = _curves(results, setting, "actor/grad_norm")
+        if not steps:
+            continue
+        row["grad_norm_mean"] = float(g.mean())
+        row["grad_norm_median"] = float(np.median(g, axis=1).mean())
+        for key, name in (
+            ("actor/pg_clipfrac_high", "clipfrac"),
+            ("reward/zero_std_group_frac", "zero_std"),
+            ("reward/accuracy", "train_acc"),
+        ):
+            _, v = _curves(results, setting, key)
+            row[name] = float(v.mean()) if v.size else float("nan")
+        _, v = _curves(results, setting, "val/accuracy")
+        row["val_acc_start"] = float(v[:, 0].mean()) if v.size else float("nan")
+        row["val_acc_end"] = float(v[:, -1].mean()) if v.size else float("nan")
+        row["val_acc_end_min"] = float(v[:, -1].min()) if v.size else float("nan")
+        row["val_acc_end_max"] = float(v[:, -1].max()) if v.size else float("nan")
+        rows[setting] = row
+    return rows
+
+
+def _table_text(results) -> str:
+    rows = summary_rows(results)
+    lines = ["averages over seeds and steps", ""]
+    lines.append(f"{'':<9}{'|g| med':>8}{'clip':>8}{'zero-var':>9}{'val end':>9}")
+    for setting, r in rows.items():
+        lines.append(
+            f"{setting:<9}{r['grad_norm_median']:>8.3f}{r['clipfrac']:>8.4f}{r['zero_std']:>9.3f}{r['val_acc_end']:>9.3f}"
+        )
+    return "\n".join(lines)
+
+
+def summary(results) -> str:
+    rows = summary_rows(results)
+    cols = [
+        "grad_norm_mean",
+        "grad_norm_median",
+        "clipfrac",
+        "zero_std",
+        "train_acc",
+        "val_acc_start",
+        "val_acc_end",
+    ]
+    lines = [f"{'setting':<10} " + " ".join(f"{c:>16}" for c in cols)]
+    for setting, row in rows.items():
+        lines.append(f"{setting:<10} " + " ".join(f"{row[c]:>16.4f}" for c in cols))
     return "\n".join(lines)
 
 
