@@ -106,8 +106,8 @@ class PhaseProgress:
     """A rich progress bar for one stage (GRPO steps, SFT steps) showing the step count, elapsed time, ETA and
     the phase now running ("rollout", "logprob", "train", "sync", "validate", ...).
 
-    PhaseProgress() (no label) is inert, as on ranks other than 0. The bar goes to stderr and is only drawn
-    on a terminal; a bar that cannot start never stops training.
+    PhaseProgress() (no label) is inert, as on ranks other than 0. The bar goes to stderr: drawn live on a
+    terminal, and as one final line when it stops in a batch log. A bar that cannot start never stops training.
     """
 
     def __init__(self, label: str | None = None, total: int = 0, completed: int = 0) -> None:

@@ -22,7 +22,26 @@ LAYOUTS = {
     "tp1-dp4-distopt": (1, 1, False, True, 1),
     "tp2pp2-sp": (2, 2, True, False, 2),
     "tp2-dp2-distopt": (2, 1, False, True, 1),
+    "tp1": (1, 1, False, False, 2),
 }
+
+
+def _make_actor(
+    hf_config, hf_dir: str, layout: str, optim_kwargs: dict, total_steps: int = 1
+) -> MegatronActor:
+    """Initialise the layout's process groups and build an fp32 actor for it."""
+    tp, pp, sp, distopt, mbs = LAYOUTS[layout]
+    initialize_model_parallel(tp, pp, seed=3)
+    return MegatronActor(
+        hf_config,
+        hf_dir,
+        dtype="fp32",
+        sequence_parallel=sp,
+        optim=OptimConfig(**optim_kwargs),
+        use_distributed_optimizer=distopt,
+        micro_batch_size=mbs,
+        total_steps=total_steps,
+    )
 
 
 def actor_step(
@@ -32,17 +51,7 @@ def actor_step(
     hf_config = AutoConfig.from_pretrained(hf_dir)
     results = {}
     for name in layouts:
-        tp, pp, sp, distopt, mbs = LAYOUTS[name]
-        initialize_model_parallel(tp, pp, seed=3)
-        actor = MegatronActor(
-            hf_config,
-            hf_dir,
-            dtype="fp32",
-            sequence_parallel=sp,
-            optim=OptimConfig(**optim_kwargs),
-            use_distributed_optimizer=distopt,
-            micro_batch_size=mbs,
-        )
+        actor = _make_actor(hf_config, hf_dir, name, optim_kwargs)
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         mine = list(range(dp_rank, len(batch), dp))
         local = batch.select(mine)
@@ -64,19 +73,8 @@ def steps_with_checkpoint(hf_dir, batches, loss_cfg, optim_kwargs, layout, ckpt_
     load it from ckpt_dir and run only batches[start_from:]. Returns per-step losses and final weights."""
     from mmr1_mega.actor.state import load_actor_state, save_actor_state
 
-    tp, pp, sp, distopt, mbs = LAYOUTS[layout] if layout in LAYOUTS else (1, 1, False, False, 2)
     hf_config = AutoConfig.from_pretrained(hf_dir)
-    initialize_model_parallel(tp, pp, seed=3)
-    actor = MegatronActor(
-        hf_config,
-        hf_dir,
-        dtype="fp32",
-        sequence_parallel=sp,
-        optim=OptimConfig(**optim_kwargs),
-        use_distributed_optimizer=distopt,
-        micro_batch_size=mbs,
-        total_steps=len(batches),
-    )
+    actor = _make_actor(hf_config, hf_dir, layout, optim_kwargs, total_steps=len(batches))
     if start_from:
         load_actor_state(actor, ckpt_dir)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -99,11 +97,7 @@ def steps_with_checkpoint(hf_dir, batches, loss_cfg, optim_kwargs, layout, ckpt_
 
 def nonfinite_then_finite(hf_dir, bad_batch, good_batch, loss_cfg, optim_kwargs):
     """A step whose loss is NaN must leave weights and optimizer untouched; the next good step updates."""
-    hf_config = AutoConfig.from_pretrained(hf_dir)
-    initialize_model_parallel(2, 1, seed=3)
-    actor = MegatronActor(
-        hf_config, hf_dir, dtype="fp32", optim=OptimConfig(**optim_kwargs), micro_batch_size=2
-    )
+    actor = _make_actor(AutoConfig.from_pretrained(hf_dir), hf_dir, "tp2-dp2", optim_kwargs)
     before = {k: v.clone() for k, v in actor.hf_weights()}
     bad = actor.train_step(bad_batch, loss_cfg)
     after_bad = {k: v.clone() for k, v in actor.hf_weights()}
