@@ -77,6 +77,11 @@ class SyntheticConfig:
             raise ValueError("synthetic.levels is empty; use e.g. (1, 2, 3)")
         return self
 
+    def image_sides(self) -> tuple[int, int]:
+        """(smallest, largest) image side in pixels over the RL and SFT levels."""
+        sides = [LEVELS[lv]["cells"] * self.cell for lv in tuple(self.levels) + tuple(self.sft_levels or ())]
+        return min(sides), max(sides)
+
 
 def _draw(
     draw: ImageDraw.ImageDraw, shape: str, cell_x: int, cell_y: int, color: tuple[int, int, int], cell: int
@@ -260,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
         from mmr1_mega.data.tokenizer import build_processor
 
-        sides = [LEVELS[lv]["cells"] * args.cell for lv in cfg.levels + (cfg.sft_levels or ())]
+        smallest, largest = cfg.image_sides()
         build_processor(
             args.processor_dir,
-            min(sides) ** 2,
-            max(sides) ** 2,
+            smallest**2,
+            largest**2,
             corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         )
         paths["processor"] = args.processor_dir

@@ -22,7 +22,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo_cpu.yaml"
 
 def synthetic_config(cfg: dict, seed: int):
     """The SyntheticConfig of a demo YAML's `synthetic` section (validated). Raises ValueError on bad values."""
-    from mmr1_mega.data.synthetic import LEVELS, SyntheticConfig
+    from mmr1_mega.data.synthetic import SyntheticConfig
 
     s = dict(cfg["synthetic"])
     known = set(SyntheticConfig.__dataclass_fields__) | {"min_pixels", "max_pixels", "vocab_size"}
@@ -36,12 +36,12 @@ def synthetic_config(cfg: dict, seed: int):
         if k in SyntheticConfig.__dataclass_fields__ and k not in ("seed", "extra")
     }
     syn = SyntheticConfig(seed=seed, **kwargs).validate()
-    sides = [LEVELS[lv]["cells"] * syn.cell for lv in syn.levels + (syn.sft_levels or ())]
+    smallest, largest = syn.image_sides()
     lo, hi = s.get("min_pixels", 0), s.get("max_pixels", float("inf"))
-    if min(sides) ** 2 < lo or max(sides) ** 2 > hi:
+    if smallest**2 < lo or largest**2 > hi:
         raise ValueError(
-            f"demo config: the task's images are {min(sides)}-{max(sides)} px wide but synthetic.min_pixels / "
-            f"max_pixels are {lo} / {hi}; widen them to [{min(sides) ** 2}, {max(sides) ** 2}]"
+            f"demo config: the task's images are {smallest}-{largest} px wide but synthetic.min_pixels / "
+            f"max_pixels are {lo} / {hi}; widen them to [{smallest**2}, {largest**2}]"
         )
     return syn
 
