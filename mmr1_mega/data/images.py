@@ -108,6 +108,8 @@ def check_resized_size(
     """The size Qwen-VL resizes an image to, checked against max_pixels.
 
     smart_resize keeps each side >= factor, so a very elongated image can resize to more than max_pixels.
+    When it shrinks an image it floors both sides, so with close limits the area can fall below min_pixels;
+    that is the processor's own behaviour and the image stays usable, so it is not rejected.
     Takes: image height / width, pixel bounds, factor = patch_size * merge_size. Returns: (height, width)
     after resizing. Raises: BadRecord("image over limits") when that area exceeds max_pixels or smart_resize
     refuses the aspect ratio.

@@ -26,8 +26,26 @@ def test_resized_images_stay_within_pixel_limits_and_patch_grid():
         t, h, w = grid[0].tolist()
         assert (h * 14, w * 14) == expected
         assert t == 1 and h % 2 == 0 and w % 2 == 0  # whole 2x2 merge groups
-        assert min_px <= (h * 14) * (w * 14) <= max_px
+        assert (h * 14) * (w * 14) <= max_px
+        if _rounded_area(image) <= max_px:  # not shrunk: rounding or scaling up keeps it >= min_pixels
+            assert (h * 14) * (w * 14) >= min_px
         assert pixels.shape == (h * w, 3 * 2 * 14 * 14)
+
+
+def _rounded_area(image):
+    return round(image.height / 28) * 28 * round(image.width / 28) * 28
+
+
+def test_shrinking_to_max_pixels_can_land_below_min_pixels_as_transformers_does():
+    """smart_resize floors both sides when it shrinks, so with close limits the area can fall under
+    min_pixels; the processor does the same, and the image is still usable (fewer tokens)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (42, 42))
+    assert _rounded_area(image) > 3 * 28 * 28
+    assert check_resized_size(42, 42, 2 * 28 * 28, 3 * 28 * 28) == (28, 28)
+    _, grid = preprocess_images([image], make_image_processor(2 * 28 * 28, 3 * 28 * 28))
+    assert grid.tolist() == [[1, 2, 2]]
 
 
 def test_elongated_image_that_would_resize_over_max_pixels_is_rejected():
