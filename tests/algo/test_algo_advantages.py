@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from algo_fp64_reference import fp64_advantages
 
 from mmr1_mega.algo import GRPOLossConfig, compute_advantages, reward_metrics
 from mmr1_mega.algo.advantages import dense_group_index
+from tests.algo.algo_fp64_reference import fp64_advantages
 
 
 def _shuffled_groups(sizes, seed):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from algo_fp64_reference import fp64_grpo, make_batch
 
 from mmr1_mega.algo import GRPOLossConfig, compute_advantages, grpo_loss_reference
+from tests.algo.algo_fp64_reference import fp64_grpo, make_batch
 
 MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 ESTIMATORS = ["k1", "abs", "mse", "low_var_kl"]

@@ -2,10 +2,10 @@
 
 import numpy as np
 import torch
-from conftest import random_image
 
 from mmr1_mega.data import IGNORE_INDEX, collate_rl, collate_sft, encode_conversation, encode_prompt
 from mmr1_mega.data.sft_dataset import normalize_messages
+from tests.data.conftest import random_image
 
 
 def _rl_samples(processor, rng, n):

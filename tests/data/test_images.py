@@ -4,11 +4,11 @@ import base64
 
 import numpy as np
 import pytest
-from conftest import png_bytes, random_image
 from PIL import Image
 
 from mmr1_mega.data import BadRecord, load_image, make_image_processor, preprocess_images
 from mmr1_mega.data.images import check_resized_size
+from tests.data.conftest import png_bytes, random_image
 
 
 def test_resized_images_stay_within_pixel_limits_and_patch_grid():

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import random_image
 
 from mmr1_mega.data import DEFAULT_SYSTEM_PROMPT, build_messages, encode_prompt, expand_image_tokens
 from mmr1_mega.data.prompts import render_chat
+from tests.data.conftest import random_image
 
 
 @pytest.mark.parametrize("num_images", [0, 1, 3])

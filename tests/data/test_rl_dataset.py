@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import png_bytes, random_image
 from PIL import Image
 
 from mmr1_mega.data import DataConfig, DataError, RLDataset
+from tests.data.conftest import png_bytes, random_image
 
 
 def _records(rng, tmp_path, n=4):

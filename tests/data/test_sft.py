@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import png_bytes, random_image
 
 from mmr1_mega.data import IGNORE_INDEX, DataError, SFTDataset, encode_conversation
 from mmr1_mega.data.prompts import render_chat
 from mmr1_mega.data.sft_dataset import normalize_messages
+from tests.data.conftest import png_bytes, random_image
 
 
 def _conversation(rng):

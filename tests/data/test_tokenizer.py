@@ -5,10 +5,10 @@ import string
 
 import numpy as np
 import pytest
-from conftest import random_image
 
 from mmr1_mega.data import build_processor, build_tokenizer, load_processor
 from mmr1_mega.data.tokenizer import QWEN_VL_SPECIAL_TOKENS, REASONING_TAGS
+from tests.data.conftest import random_image
 
 
 def test_vocabulary_is_small_and_special_tokens_are_single_ids(processor):

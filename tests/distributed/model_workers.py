@@ -158,6 +158,6 @@ def padded_vs_packed(hf_dir: str, batch: dict, layouts: list[str]) -> dict:
             packed = tensor_parallel.gather_from_tensor_model_parallel_region(packed)
         per_sample = unpack_rows(packed, lengths)
         diff = max((per_sample[i] - padded[i, :n]).abs().max().item() for i, n in enumerate(lengths))
-        out[name] = diff
+        out[name] = (diff, padded.abs().max().item())
         dist.barrier()
     return out

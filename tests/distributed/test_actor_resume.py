@@ -13,6 +13,7 @@ from mmr1_mega.algo.config import GRPOLossConfig
 from mmr1_mega.distributed.launch import run_on_ranks
 from mmr1_mega.models.tiny import save_tiny_model
 from tests.distributed import actor_workers
+from tests.tolerances import FP32_EPS, assert_within
 
 pytestmark = pytest.mark.distributed
 
@@ -62,6 +63,7 @@ def test_resumed_steps_equal_uninterrupted(runs, full, resumed):
     full_losses, _ = runs[full]
     losses, _ = runs[resumed]
     for (loss_full, g_full, lr_full), (loss, g, lr) in zip(full_losses[2:], losses):
+        # sums of many well-scaled terms in another order: ~1e-4 relative is the forward bound's order
         assert loss == pytest.approx(loss_full, rel=1e-4, abs=1e-7)
         assert g == pytest.approx(g_full, rel=1e-4)
         assert lr == pytest.approx(lr_full, rel=1e-9)
@@ -72,5 +74,14 @@ def test_resumed_final_weights_equal_uninterrupted(runs, full, resumed):
     _, w_full = runs[full]
     _, w = runs[resumed]
     assert set(w) == set(w_full)
+    # The runs hold identical state after step 2 (the checkpoint) and differ only in the reduction order of
+    # the 2 resumed steps. Adam moves an element by lr * m_hat / (sqrt(v_hat) + eps) <= ~lr per step, and
+    # that move is ill-conditioned (see tests/tolerances.py) only where every gradient so far is near eps;
+    # here sqrt(v_hat) already holds 2-3 gradients of the clipped scale (~1e-3 >> eps) when the compared
+    # steps run, so reduction-order noise moves the update by a small share of lr: allow 1/1000 of the
+    # resumed steps' largest movement, plus fp32 rounding of the weights.
+    resumed_steps = len(runs[full][0]) - 2
+    move = 1e-3 * OPTIM["lr"] * resumed_steps
     for n in w_full:
-        torch.testing.assert_close(w[n], w_full[n], atol=2e-6, rtol=1e-4)
+        tol = move + 2 * FP32_EPS * w_full[n].abs().double()
+        assert_within(w[n], w_full[n], tol, n)

@@ -12,6 +12,7 @@ from mmr1_mega.distributed.launch import run_on_ranks
 from mmr1_mega.models import convert
 from mmr1_mega.models.tiny import save_tiny_model, tiny_vl_batch
 from tests.distributed import model_workers
+from tests.tolerances import fp32_forward_bound
 
 pytestmark = pytest.mark.distributed
 
@@ -76,7 +77,8 @@ def test_checkpoint_saved_at_tp2pp2_loads_at_tp1_with_equal_logits(source, dist_
         ref = hf(**batch).logits
     [logits] = run_on_ranks(model_workers.load_ckpt_logits, 1, str(dist_ckpt), batch)
     mask = batch["attention_mask"].bool()
-    assert (logits[mask] - ref[mask]).abs().max() <= 1e-4
+    bound = fp32_forward_bound(hf.config.text_config, batch["input_ids"].shape[1])
+    assert (logits[mask] - ref[mask]).abs().max() <= bound * ref[mask].abs().max()
 
 
 def test_exported_directory_loads_with_transformers_and_generates(source, dist_ckpt, tmp_path):

@@ -9,6 +9,7 @@ from mmr1_mega.distributed.launch import run_on_ranks
 from mmr1_mega.models.hf_io import canonical_name
 from mmr1_mega.models.tiny import save_tiny_model, tiny_vl_batch
 from tests.distributed import model_workers
+from tests.tolerances import fp32_forward_bound
 
 pytestmark = pytest.mark.distributed
 
@@ -50,6 +51,10 @@ def case(request, tmp_path_factory):
         ref_loss=loss.item(),
         ref_grads=ref_grads,
         tied=CASES[request.param]["tie_word_embeddings"],
+        bound=fp32_forward_bound(hf.config.text_config, batch["input_ids"].shape[1]),
+        text_config=hf.config.text_config,
+        seq_len=batch["input_ids"].shape[1],
+        tokens=int(batch["input_ids"].numel()),
         results=results,
     )
 
@@ -57,14 +62,16 @@ def case(request, tmp_path_factory):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_logits_equal_transformers(case, layout):
     mask = case["batch"]["attention_mask"].bool()
-    ours = case["results"][layout]["logits"]
-    diff = (ours[mask] - case["ref_logits"][mask]).abs().max().item()
-    assert diff <= 1e-4, f"{layout}: max |logits - HF| = {diff:.3g}"
+    ours, ref = case["results"][layout]["logits"][mask], case["ref_logits"][mask]
+    diff, atol = (ours - ref).abs().max().item(), case["bound"] * ref.abs().max().item()
+    assert diff <= atol, f"{layout}: max |logits - HF| = {diff:.3g} > {atol:.3g}"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_loss_equals_transformers(case, layout):
-    assert abs(case["results"][layout]["loss"] - case["ref_loss"]) < 1e-5
+    # a mean of per-token cross-entropies: each is within the forward bound of its logits' scale
+    atol = case["bound"] * case["ref_logits"].abs().max().item()
+    assert abs(case["results"][layout]["loss"] - case["ref_loss"]) <= atol
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -92,7 +99,13 @@ def test_gradients_equal_transformers(case, layout):
     ]
     for kind in kinds:
         assert any(kind in n for n in grads), f"no gradient of kind {kind}"
+    # backward runs the forward chain again and sums each weight gradient over the batch's tokens
+    bound = fp32_forward_bound(case["text_config"], case["seq_len"], extra_terms=case["tokens"])
     for name, g in grads.items():
         torch.testing.assert_close(
-            g, ref[name], atol=2e-6, rtol=1e-4, msg=lambda m, name=name: f"{layout} {name}: {m}"
+            g,
+            ref[name],
+            atol=bound * ref[name].abs().max().item(),
+            rtol=0,
+            msg=lambda m, name=name: f"{layout} {name}: {m}",
         )

@@ -8,6 +8,7 @@ import pytest
 from mmr1_mega.distributed.launch import run_on_ranks
 from mmr1_mega.models.tiny import save_tiny_model, tiny_vl_batch
 from tests.distributed import model_workers
+from tests.tolerances import fp32_forward_bound
 
 pytestmark = pytest.mark.distributed
 
@@ -16,4 +17,7 @@ def test_packed_logits_equal_padded(tmp_path):
     hf = save_tiny_model(tmp_path, seed=4)
     batch = tiny_vl_batch(hf.config, seed=8)
     [diffs, _] = run_on_ranks(model_workers.padded_vs_packed, 2, str(tmp_path), batch, ["tp1", "tp2sp"])
-    assert diffs["tp1"] < 1e-5 and diffs["tp2sp"] < 1e-5, diffs
+    # the same model in another order (one packed row vs padded rows; masked attention sums over the row)
+    bound = fp32_forward_bound(hf.config.text_config, int(batch["input_ids"].numel()))
+    for layout, (diff, scale) in diffs.items():
+        assert diff <= bound * scale, f"{layout}: {diff:.3g} > {bound:.3g} x {scale:.3g}"

@@ -9,6 +9,7 @@ import torch
 from mmr1_mega.models.tiny import tiny_vl_batch
 from mmr1_mega.rollout.local import LocalEngine
 from mmr1_mega.rollout.protocol import EngineError, GenerationRequest
+from tests.tolerances import fp32_forward_bound
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,9 @@ def test_logprobs_are_the_raw_model_logprobs_of_the_sampled_tokens(engine):
         ref = torch.log_softmax(logits.float(), -1)[len(prompt[0]) - 1 : -1].gather(
             -1, torch.tensor(s.token_ids)[:, None]
         )
-        assert torch.allclose(torch.tensor(s.logprobs), ref[:, 0], atol=1e-4)
+        # the engine's forward with a KV cache vs one full forward: the same fp32 model in another order
+        atol = 2 * fp32_forward_bound(engine.model.config.text_config, len(full)) * logits.abs().max()
+        assert torch.allclose(torch.tensor(s.logprobs), ref[:, 0], atol=float(atol))
 
 
 def test_the_same_seed_gives_the_same_samples_and_another_seed_others(engine):

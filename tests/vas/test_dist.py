@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import IndexScorer
 
 from mmr1_mega.vas.config import VASConfig
 from mmr1_mega.vas.controller import VarianceAwareSampler
 from mmr1_mega.vas.dist import DistributedVAS
+from tests.vas.conftest import IndexScorer
 
 WORLD, POOL, BATCH, STEPS = 3, 50, 6, 10
 CFG = dict(update_every_steps=3, chunk_prompts=8, progress=False, seed=7)

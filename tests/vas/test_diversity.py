@@ -1,10 +1,10 @@
 """distinct-n and pairwise normalised edit distance equal plain-Python references."""
 
 import numpy as np
-from conftest import random_groups
 
 from mmr1_mega.vas.diversity import distinct_n_packed, edit_distance_packed
 from mmr1_mega.vas.ngrams import pack_responses
+from tests.vas.conftest import random_groups
 
 
 def levenshtein(a, b):

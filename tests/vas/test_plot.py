@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import IndexScorer
 
 from mmr1_mega.vas.config import VASConfig
 from mmr1_mega.vas.controller import VarianceAwareSampler
 from mmr1_mega.vas.metrics import bin_transitions
 from mmr1_mega.vas.plot import load_snapshots, main
+from tests.vas.conftest import IndexScorer
 
 
 def test_plot_tool_writes_png_from_a_saved_checkpoint(tmp_path):

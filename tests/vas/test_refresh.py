@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import IndexScorer
 
 from mmr1_mega.vas.config import VASConfig
 from mmr1_mega.vas.controller import VarianceAwareSampler
 from mmr1_mega.vas.outcomes import RolloutOutcomes
+from tests.vas.conftest import IndexScorer
 
 
 def test_refresh_runs_before_the_first_step_and_every_t_update_steps():

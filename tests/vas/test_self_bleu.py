@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import random_groups
 
 from mmr1_mega.vas.ngrams import pack_responses
 from mmr1_mega.vas.self_bleu import self_bleu, self_bleu_packed
+from tests.vas.conftest import random_groups
 
 bleu_score = pytest.importorskip("nltk.translate.bleu_score")
 
