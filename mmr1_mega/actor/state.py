@@ -19,7 +19,7 @@ def _prime_optimizer_state(optimizer) -> list:
     """Give an untouched torch Adam the state entries a loaded one has.
 
     Without apex / transformer-engine, megatron's DistributedOptimizer.state_dict() reads the per-param
-    'step' (distrib_optimizer.py ~640), and its init_state_fn creates only exp_avg / exp_avg_sq; so a
+    'step' (distrib_optimizer.py, DistributedOptimizer.state_dict: 0.16.1 line 641, 0.19.2 line 838), and its init_state_fn creates only exp_avg / exp_avg_sq; so a
     freshly built optimizer cannot describe the state it is about to load. The values are overwritten
     by the load. Returns the primed torch optimizers: their state must be emptied again before
     megatron's load_state_dict, which only allocates state that does not exist yet.
@@ -43,8 +43,9 @@ def _prime_optimizer_state(optimizer) -> list:
 @contextlib.contextmanager
 def _step_kept_out_of_param_state():
     """Without apex / transformer-engine, megatron's DistributedOptimizer.load_state_dict puts the torch
-    Adam 'step' into every parameter's state (distrib_optimizer.py ~822) and then copies each state key
-    from the checkpoint's per-parameter tensors (~940), which hold no 'step' (it lives in the param
+    Adam 'step' into every parameter's state (distrib_optimizer.py load_state_dict: 0.16.1 line 825,
+    0.19.2 line 1032) and then copies each state key from the checkpoint's per-parameter tensors
+    (_set_main_param_and_optimizer_states: 0.16.1 line 940, 0.19.2 line 1225), which hold no 'step' (it lives in the param
     groups): KeyError. During the load, copy only the keys the checkpoint has."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -69,7 +70,7 @@ def _step_kept_out_of_param_state():
 
 def _unshare_adam_steps(optimizer) -> None:
     """megatron's non-apex DistributedOptimizer load gives every parameter the SAME 'step' tensor
-    (distrib_optimizer.py ~820) and torch Adam keeps it as is, then increments it once per parameter per
+    (distrib_optimizer.py load_state_dict: 0.16.1 lines 819-825, 0.19.2 lines 1026-1032) and torch Adam keeps it as is, then increments it once per parameter per
     step, which corrupts the bias correction after a resume. Give each parameter its own copy."""
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)

@@ -1,13 +1,16 @@
 """The only place that adapts megatron-core to a machine without CUDA.
 
-megatron-core 0.16 runs on gloo with the local (non transformer-engine) spec, except for a handful of places
-that hard-code CUDA. Each adaptation below names the megatron-core lines it covers; `apply_cpu_adaptations`
-installs them all, once, and only when CUDA is absent. tests/distributed/test_cpu_adaptations.py checks for
-every adaptation that the megatron-core code it covers still fails without it (so it is still needed) and
-works with it.
+megatron-core (0.16.1 to 0.19.x) runs on gloo with the local (non transformer-engine) spec, except for a
+handful of places that hard-code CUDA. Each adaptation below cites the megatron-core lines it covers, per
+megatron-core version it was checked against, and the version whose code first needed it;
+`apply_cpu_adaptations` installs the ones the installed megatron-core needs, once, and only when CUDA is
+absent. tests/distributed/test_cpu_adaptations.py checks, on the installed version, that every cited line
+still holds the cited text, that each installed adaptation's probe (megatron's own code) fails without it
+(so it is still needed) and passes with it, and that the probe of an adaptation this version does not
+need passes without it.
 
-Measured on megatron-core 0.16.1 (see shared/notes/megatron-core-on-cpu.md): without any single one of
-these, a TP=2 x PP=2 training step fails on CPU.
+Measured on megatron-core 0.16.1 and 0.19.2 (see shared/notes/megatron-core-on-cpu.md): without any single
+one of these, a TP=2 x PP=2 training step fails on CPU.
 """
 
 from __future__ import annotations
@@ -15,10 +18,24 @@ from __future__ import annotations
 import contextlib
 import importlib
 import types
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass(frozen=True)
+class Cite:
+    """A place in megatron/core/ that an adaptation covers: the file, text that stands on the cited lines,
+    and those lines per megatron-core version (checked by the tests on the installed version)."""
+
+    path: str
+    text: str
+    lines: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        where = "; ".join(f"{v}: {', '.join(map(str, ls))}" for v, ls in self.lines.items())
+        return f"{self.path} `{self.text}` ({where})"
 
 
 @dataclass(frozen=True)
@@ -26,12 +43,28 @@ class Adaptation:
     """One CPU adaptation of megatron-core.
 
     name: short id; covers: the megatron/core/... places it adapts; install: applies it and returns a
-    function that undoes it (used by the tests to show the adaptation is still needed).
+    function that undoes it (used by the tests to show the adaptation is still needed); since: the first
+    megatron-core version whose code needs it.
     """
 
     name: str
-    covers: tuple[str, ...]
+    covers: tuple[Cite, ...]
     install: Callable[[], Callable[[], None]]
+    since: str = "0.16.1"
+
+
+def megatron_version() -> str:
+    """The installed megatron-core version (e.g. '0.19.2')."""
+    import megatron.core
+
+    return megatron.core.__version__
+
+
+def needed_here(adaptation: Adaptation) -> bool:
+    """Whether the installed megatron-core has the code this adaptation covers."""
+    from packaging.version import Version
+
+    return Version(megatron_version()) >= Version(adaptation.since)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -205,7 +238,8 @@ def _install_type_strings() -> Callable[[], None]:
 
 # --------------------------------------------------------------------------------------------------------
 # 5. torch.cuda.synchronize() after pipeline send / recv. The config flag batch_p2p_sync=False removes the
-#    one at ~398, but the shape exchange that variable_seq_lengths needs (~242) synchronises
+#    one after batched p2p (0.16.1: line 398), but the shape exchange that variable_seq_lengths needs
+#    (0.16.1: line 242) synchronises
 #    unconditionally; on CPU there is no device work to wait for, so a no-op covers both.
 # --------------------------------------------------------------------------------------------------------
 def _install_synchronize() -> Callable[[], None]:
@@ -222,52 +256,121 @@ def _install_synchronize() -> Callable[[], None]:
     return undo
 
 
+# --------------------------------------------------------------------------------------------------------
+# 6. torch.cuda.current_stream(): since 0.19.0 every gradient sync asks for the current CUDA stream (to wait
+#    on CUDA-graph events); before, only several distributed-optimizer instances did. In a process without
+#    CUDA there are no streams and no events, so a host stream whose waits are no-ops is exact.
+# --------------------------------------------------------------------------------------------------------
+class _HostStream:
+    """The one "stream" of a process without CUDA: work is already ordered, so every wait is a no-op."""
+
+    def wait_event(self, event) -> None:
+        return None
+
+    def wait_stream(self, stream) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+    def record_event(self, event=None):
+        return event
+
+
+_HOST_STREAM = _HostStream()
+
+
+def _install_current_stream() -> Callable[[], None]:
+    saved = torch.cuda.current_stream
+
+    def current_stream(device=None):
+        return _HOST_STREAM
+
+    torch.cuda.current_stream = current_stream
+
+    def undo():
+        torch.cuda.current_stream = saved
+
+    return undo
+
+
+def _cite(path: str, text: str, v16: tuple[int, ...], v19: tuple[int, ...]) -> Cite:
+    return Cite(path, text, {"0.16.1": v16, "0.19.2": v19})
+
+
+_CUDA_DEVICE = "torch.cuda.current_device()"
 ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation(
         "rng_tracker",
         (
-            "tensor_parallel/random.py: CudaRNGStatesTracker.add (~235) and .fork",
-            "tensor_parallel/random.py: _get_cuda_rng_state / _set_cuda_rng_state",
+            _cite("tensor_parallel/random.py", "def add(self, name, seed)", (217,), (285,)),
+            _cite("tensor_parallel/random.py", "def fork(self, name=", (243,), (311,)),
+            _cite("tensor_parallel/random.py", "def _get_cuda_rng_state(", (41,), (104,)),
+            _cite("tensor_parallel/random.py", "def _set_cuda_rng_state(", (72,), (135,)),
         ),
         _install_cpu_rng_tracker,
     ),
     Adaptation(
         "current_device",
         (
-            "models/common/embeddings/rotary_pos_embedding.py ~162 (rope), ~297 (mrope)",
-            "utils.py ~631 (GlobalMemoryBuffer)",
-            "distributed/param_and_grad_buffer.py ~800/806",
-            "tensor_parallel/layers.py ~552, tensor_parallel/mappings.py ~91/141/181 (SP)",
-            "pipeline_parallel/p2p_communication.py ~313/321",
+            _cite("models/common/embeddings/rotary_pos_embedding.py", _CUDA_DEVICE, (162, 297), (162, 305)),
+            _cite("utils.py", _CUDA_DEVICE, (631,), (715,)),  # GlobalMemoryBuffer
+            _cite("distributed/param_and_grad_buffer.py", _CUDA_DEVICE, (783, 800, 806), (1162, 1180, 1186)),
+            _cite("tensor_parallel/layers.py", _CUDA_DEVICE, (552,), (647,)),
+            _cite("tensor_parallel/mappings.py", _CUDA_DEVICE, (91, 141, 181), (95, 145, 185)),  # SP
+            _cite("pipeline_parallel/p2p_communication.py", _CUDA_DEVICE, (313, 321), (334, 342)),
         ),
         _install_current_device,
     ),
     Adaptation(
         "cuda_literals",
         (
-            "pipeline_parallel/schedules.py ~596/983/2138",
-            "optimizer/optimizer.py ~473/481/485/907, optimizer/clip_grads.py ~90/103/115/174/207",
-            "utils.py ~1207, transformer/utils.py ~35/40 (causal masks)",
-            ".cuda() in optimizer/optimizer.py ~375/380, optimizer/distrib_optimizer.py ~1089",
+            _cite("pipeline_parallel/schedules.py", 'device="cuda"', (596, 983, 2138), (749, 1121, 2292)),
+            _cite(
+                "optimizer/optimizer.py", "device='cuda'", (473, 481, 485, 907), (315, 690, 698, 702, 1249)
+            ),
+            _cite("optimizer/optimizer.py", ".cuda()", (375, 380), (586, 591)),
+            _cite(
+                "optimizer/clip_grads.py", "device='cuda'", (90, 103, 115, 174, 207), (96, 108, 112, 180, 231)
+            ),
+            _cite("utils.py", 'device="cuda"', (1207,), (1332,)),
+            _cite("transformer/utils.py", 'device="cuda"', (35, 40), (39, 44)),  # causal masks
+            _cite("optimizer/distrib_optimizer.py", ".cuda()", (1089,), (1374,)),
         ),
         _install_cuda_literals,
     ),
     Adaptation(
         "type_strings",
         (
-            "optimizer/clip_grads.py ~167",
-            "optimizer/optimizer.py ~671/690",
-            "optimizer/distrib_optimizer.py ~361/420/582",
+            _cite("optimizer/clip_grads.py", "'torch.cuda.FloatTensor'", (167,), (174,)),
+            _cite("optimizer/optimizer.py", "'torch.cuda.HalfTensor'", (671,), (1009,)),
+            _cite("optimizer/optimizer.py", "== 'torch.cuda.FloatTensor'", (690,), (1028,)),
+            _cite("optimizer/distrib_optimizer.py", "'torch.cuda.HalfTensor'", (361, 582), (401, 758)),
+            _cite("optimizer/distrib_optimizer.py", "== 'torch.cuda.FloatTensor'", (420,), (466,)),
         ),
         _install_type_strings,
     ),
     Adaptation(
         "synchronize",
         (
-            "pipeline_parallel/p2p_communication.py ~242 (shape exchange, variable_seq_lengths)",
-            "pipeline_parallel/p2p_communication.py ~398 (after batched p2p)",
+            # the first: the shape exchange of variable_seq_lengths; the second: after batched p2p
+            _cite(
+                "pipeline_parallel/p2p_communication.py", "torch.cuda.synchronize()", (242, 398), (263, 419)
+            ),
         ),
         _install_synchronize,
+    ),
+    Adaptation(
+        "current_stream",
+        (
+            Cite(
+                "distributed/param_and_grad_buffer.py",
+                "current_stream = torch.cuda.current_stream()",
+                {"0.19.2": (632,)},
+            ),
+        ),
+        _install_current_stream,
+        since="0.19.0",
     ),
 )
 
@@ -280,12 +383,13 @@ def cuda_absent() -> bool:
 
 
 def apply_cpu_adaptations() -> list[str]:
-    """Install every adaptation once when CUDA is absent; returns the names installed now."""
+    """Install, once, every adaptation the installed megatron-core needs when CUDA is absent; returns the
+    names installed now."""
     if not cuda_absent():
         return []
     installed = []
     for a in ADAPTATIONS:
-        if a.name not in _undo:
+        if a.name not in _undo and needed_here(a):
             _undo[a.name] = a.install()
             installed.append(a.name)
     return installed

@@ -14,7 +14,7 @@ from mmr1_mega.distributed.cpu import cuda_absent
 class TorchNorm:
     """torch RMSNorm / LayerNorm for the local spec, usable with sequence parallelism.
 
-    megatron-core's WrappedTorchNorm (transformer/torch_norm.py ~32) refuses sequence_parallel. With SP
+    megatron-core's WrappedTorchNorm (transformer/torch_norm.py: 0.16.1 line 32, 0.19.2 line 50) refuses sequence_parallel. With SP
     each TP rank normalises its own slice of the sequence, so the norm weight gets a partial gradient;
     tagging it `sequence_parallel=True` makes megatron's finalize_model_grads all-reduce it across TP,
     which is exactly what TE / apex norms do.
