@@ -54,10 +54,12 @@ class Adaptation:
 
 
 def megatron_version() -> str:
-    """The installed megatron-core version (e.g. '0.19.2')."""
+    """The installed megatron-core release (e.g. '0.19.2'), without the '+<git hash>' that megatron-core
+    appends when its package directory sits inside some git checkout (a virtualenv inside a repository)."""
     import megatron.core
+    from packaging.version import Version
 
-    return megatron.core.__version__
+    return Version(megatron.core.__version__).public
 
 
 def needed_here(adaptation: Adaptation) -> bool:

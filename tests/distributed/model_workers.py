@@ -161,3 +161,36 @@ def padded_vs_packed(hf_dir: str, batch: dict, layouts: list[str]) -> dict:
         out[name] = (diff, padded.abs().max().item())
         dist.barrier()
     return out
+
+
+def real_width_forward(hf_dir: str, batch: dict, ref_logits: torch.Tensor, layouts: list[str]) -> dict:
+    """Per layout: max |logits - reference| over real tokens, the reference's scale, and this rank's
+    memory while loading and while running the forward (mmr1_mega.distributed.memory)."""
+    import gc
+
+    from mmr1_mega.distributed.memory import PhaseMemory
+
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    mask = batch["attention_mask"].bool()
+    out = {}
+    for name in layouts:
+        tp, pp, sp = LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        gc.collect()
+        mem = PhaseMemory()
+        with mem.phase("load"):
+            model, family = build_model(hf_config, sequence_parallel=sp)
+            load_hf_weights(model, hf_dir, family.weight_table(hf_config))
+        model.eval()
+        with mem.phase("forward"), torch.no_grad():
+            logits = model(**_model_inputs(hf_config, batch))
+            full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+        out[name] = {
+            "diff": (full[mask] - ref_logits[mask]).abs().max().item(),
+            "scale": ref_logits[mask].abs().max().item(),
+            "memory": mem.report(),
+            "rank": dist.get_rank(),
+        }
+        del model, logits, full
+        dist.barrier()
+    return out
