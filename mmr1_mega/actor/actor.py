@@ -33,20 +33,70 @@ from mmr1_mega.models.qwen_vl.bridge import DTYPES
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss
 
+LOGPROB_CHUNK_MB = 256.0
+
 
 def token_logprobs(
-    vocab_parallel_logits: torch.Tensor, input_ids: torch.Tensor, temperature: float
+    vocab_parallel_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    temperature: float,
+    chunk_mb: float = LOGPROB_CHUNK_MB,
 ) -> torch.Tensor:
     """log p(input_ids[:, t] | tokens < t) from vocab-parallel logits [b, s, v/TP]; position 0 gets 0.
 
     Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution
     the rollout engine sampled from (as verl / slime do). Differentiable; fp32.
+
+    Memory: the fp32 (and tempered) copy of the logits and the softmax that megatron's vocab-parallel
+    cross-entropy keeps for backward would each be [b, s, v/TP] fp32 (tens of GB at 7B widths with long
+    responses). Here they exist for one chunk of positions at a time (at most chunk_mb of fp32 logits):
+    forward keeps nothing but its inputs, and backward recomputes each chunk and writes its gradient into
+    one tensor of the logits' own dtype. Values and gradients are those of the unchunked computation
+    (each position's log-softmax is independent of the others); the cross-entropy is megatron's own.
     """
-    logits = vocab_parallel_logits[:, :-1].float()
+    return _ChunkedTokenLogprobs.apply(vocab_parallel_logits, input_ids, float(temperature), float(chunk_mb))
+
+
+def _chunk_nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    # always a copy: megatron's cross-entropy works in place on its input (subtracts the max, exponentiates)
+    x = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     if temperature != 1.0:
-        logits = logits / temperature
-    nll = tensor_parallel.vocab_parallel_cross_entropy(logits.contiguous(), input_ids[:, 1:].contiguous())
-    return torch.nn.functional.pad(-nll, (1, 0))
+        x = x / temperature if x.requires_grad else x.div_(temperature)
+    return tensor_parallel.vocab_parallel_cross_entropy(x, targets.contiguous())
+
+
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    """token_logprobs' autograd: position t's logits score token t+1, one chunk of positions at a time."""
+
+    @staticmethod
+    def _chunks(logits: torch.Tensor, chunk_mb: float) -> list[tuple[int, int]]:
+        b, s, v = logits.shape
+        n = s - 1  # the last position predicts nothing
+        per_position = max(1, b * v * 4)  # fp32 bytes of one position across the batch
+        step = n if math.isinf(chunk_mb) else max(1, int(chunk_mb * 2**20 // per_position))
+        return [(a, min(a + step, n)) for a in range(0, n, max(step, 1))]
+
+    @staticmethod
+    def forward(ctx, logits, input_ids, temperature, chunk_mb):
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
+        with torch.no_grad():
+            for a, b in _ChunkedTokenLogprobs._chunks(logits, chunk_mb):
+                out[:, a + 1 : b + 1] = -_chunk_nll(logits[:, a:b], input_ids[:, a + 1 : b + 1], temperature)
+        ctx.save_for_backward(logits, input_ids)
+        ctx.temperature, ctx.chunk_mb = temperature, chunk_mb
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, input_ids = ctx.saved_tensors
+        grad = torch.zeros_like(logits)
+        for a, b in _ChunkedTokenLogprobs._chunks(logits, ctx.chunk_mb):
+            with torch.enable_grad():
+                x = logits[:, a:b].detach().requires_grad_()
+                nll = _chunk_nll(x, input_ids[:, a + 1 : b + 1], ctx.temperature)
+                torch.autograd.backward(-nll, grad_out[:, a + 1 : b + 1].float())
+            grad[:, a:b] = x.grad
+        return grad, None, None, None
 
 
 def _to_device(mb: RolloutBatch) -> dict:
