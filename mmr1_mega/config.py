@@ -103,7 +103,8 @@ class RolloutConfig:
     mem_fraction: float = 0.7
     bucket_mb: int = 512
     colocate: bool = True
-    server_timeout_s: float = 600.0
+    server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
+    request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
 
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
@@ -114,6 +115,8 @@ class RolloutConfig:
             raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
         if self.max_new_tokens < 1:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
+        if self.server_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise ConfigError("rollout.server_timeout_s and rollout.request_timeout_s must be > 0")
 
 
 @dataclass
@@ -131,11 +134,19 @@ class TrainConfig:
     val_temperature: float = 0.0  # 0: greedy
     output_dir: str = "outputs/run"
     world_size: int = 0  # ranks to fork when not started by torchrun; 0 = tensor_parallel x pipeline_parallel
+    # the actor's collectives (NCCL on GPU) run in lockstep: a rank waiting longer than this has a peer
+    # that hangs or died
+    collective_timeout_s: float = 1800.0
+    # how long the other ranks wait for a phase only rank 0 works in (engine start-up, VAS refresh,
+    # rollouts, validation, trainer state): distributed/comm.py's rule
+    rank0_phase_timeout_s: float = 10800.0
 
     def validate(self) -> None:
         for name in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "ppo_mini_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
+        if self.collective_timeout_s <= 0 or self.rank0_phase_timeout_s <= 0:
+            raise ConfigError("train.collective_timeout_s and train.rank0_phase_timeout_s must be > 0")
 
 
 @dataclass
@@ -209,6 +220,14 @@ class Config:
             raise ConfigError(
                 "train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)"
             )
+        # the other ranks wait for rank 0's rollouts and engine start-up: that wait must outlast both
+        wait = self.train.rank0_phase_timeout_s
+        for key in ("request_timeout_s", "server_timeout_s"):
+            if getattr(self.rollout, key) >= wait:
+                raise ConfigError(
+                    f"rollout.{key} ({getattr(self.rollout, key):.0f} s) must be below "
+                    f"train.rank0_phase_timeout_s ({wait:.0f} s): the other ranks would give up first"
+                )
         return self
 
     def check_against_model(self, hf_config) -> None:

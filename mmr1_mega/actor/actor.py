@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from mmr1_mega.actor.batch import RolloutBatch
 from mmr1_mega.algo.config import GRPOLossConfig
+from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
@@ -286,7 +287,7 @@ class MegatronActor:
         dp_group = ps.get_data_parallel_group()
         dp = ps.get_data_parallel_world_size()
         local = batch.response_mask.sum() if per_token else torch.tensor(len(batch))
-        normaliser = local.to(torch.float64).clone()
+        normaliser = local.to(comm_device(dp_group), torch.float64).clone()
         dist.all_reduce(normaliser, group=dp_group)
         normaliser = float(normaliser.clamp(min=1))
         num_micro = math.ceil(len(batch) / self.micro_batch_size)
@@ -303,7 +304,7 @@ class MegatronActor:
         outputs = self._run(batch, loss_fn, forward_only=False)
         # a non-finite loss can come with finite gradients (NaN inputs masked by max/where): check both,
         # agreeing across all ranks (the loss exists only on the last pipeline stage)
-        bad_loss = torch.zeros(1)
+        bad_loss = torch.zeros(1, device=comm_device())
         if ps.is_pipeline_last_stage() and outputs:
             bad_loss[0] = float(
                 not all(torch.isfinite(o["loss"]).all() for o in outputs)

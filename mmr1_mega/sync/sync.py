@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.models.weights import iter_hf_weights
 from mmr1_mega.sync.buckets import Bucket, iter_buckets, nbytes, pack, unpack
 from mmr1_mega.sync.checksum import tensor_checksum
@@ -64,7 +65,7 @@ def _send_stage(buckets: Iterator[Bucket], dst: int) -> None:
     for bucket in buckets:
         buffer, metas = pack(bucket)
         dist.send_object_list([metas], dst=dst)
-        dist.send(buffer, dst=dst)
+        dist.send(buffer.to(comm_device()), dst=dst)
     dist.send_object_list([None], dst=dst)  # end of this stage
 
 
@@ -149,7 +150,7 @@ def sync_weights(
                 _send_stage(buckets, dst=0)
     stage_seconds = time.perf_counter() - start
     if mode == "relay" and me["rank"] == 0:
-        device = next(iter(model.parameters())).device
+        device = comm_device()
         for stage in sorted(leaders)[1:]:
             for b in _recv_stage(leaders[stage], device):
                 engine.update_weights(b)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from mmr1_mega.actor.state import load_actor_state, save_actor_state
+from mmr1_mega.distributed.comm import host_group, rank0_phase
 from mmr1_mega.models.hf_io import CheckpointError
 
 COMPLETE = "COMPLETE"
@@ -78,17 +79,19 @@ def save_checkpoint(output_dir, step: int, actor, trainer_state: dict, keep_last
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
-    rank = dist.get_rank()
-    if rank == 0:
+
+    def prepare():
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "actor").mkdir(parents=True)
-    dist.barrier()
+
+    rank0_phase("checkpoint: prepare", prepare)
     save_actor_state(actor, tmp / "actor")
     rngs = [None] * dist.get_world_size()
-    dist.all_gather_object(rngs, rng_state())
-    if rank == 0:
+    dist.all_gather_object(rngs, rng_state(), group=host_group())
+
+    def finish():  # a failure here (disk full) is raised on every rank, and leaves the last checkpoints
         torch.save({**trainer_state, "step": step, "rng": rngs}, tmp / STATE)
         (tmp / COMPLETE).write_text("ok\n")
         if final.exists():
@@ -96,7 +99,8 @@ def save_checkpoint(output_dir, step: int, actor, trainer_state: dict, keep_last
         os.replace(tmp, final)
         for old in complete_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+
+    rank0_phase("checkpoint: trainer state", finish)
     return final
 
 

@@ -15,6 +15,7 @@ from megatron.core import parallel_state as ps
 
 from mmr1_mega.algo import compute_advantages
 from mmr1_mega.config import Config, dump_config
+from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.sync.sync import sync_weights
 from mmr1_mega.trainer import checkpoint as ckpt
 from mmr1_mega.trainer.rollout import generate_and_score, rollout_batch, rollout_metrics
@@ -24,15 +25,8 @@ from mmr1_mega.vas import DistributedVAS
 log = logging.getLogger("mmr1_mega")
 
 
-def broadcast(obj, src: int = 0):
-    """Rank src's object on every rank."""
-    box = [obj if dist.get_rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def train_grpo(cfg: Config) -> dict:
-    """Run GRPO + VAS as configured; returns the last step's metrics (rank 0) or {}."""
+    """Run GRPO + VAS as configured; returns the last step's metrics (every rank)."""
     run = build_run(cfg)  # actor, reference, engine + datasets + logger on rank 0, resume state
     rank0 = dist.get_rank() == 0
     n, B = cfg.rollout.n_samples, cfg.train.prompts_per_step
@@ -45,8 +39,7 @@ def train_grpo(cfg: Config) -> dict:
             vas.load_state_dict(state["vas"])
             log.info("resumed from %s at step %d", run.resume_from, start)
     sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
-    if rank0:
-        dump_config(cfg, f"{cfg.train.output_dir}/config.yaml")
+    rank0_phase("write config", lambda: dump_config(cfg, f"{cfg.train.output_dir}/config.yaml"))
 
     def score_fn(prompt_indices):  # VAS refresh: N fresh rollouts per prompt (rank 0 only)
         r = generate_and_score(
@@ -63,9 +56,13 @@ def train_grpo(cfg: Config) -> dict:
     vas_step = [start]
     metrics: dict = {}
     run.progress(start)
-    if rank0 and start == 0 and run.val_data is not None and cfg.train.val_every_steps:
-        run.phase("validate (starting policy)")
-        run.logger.log(0, evaluate(run, cfg, seed=cfg.train.seed))  # the starting policy (e.g. after SFT)
+    if start == 0 and cfg.train.val_every_steps and cfg.data.val_files:
+
+        def validate_start():  # the starting policy (e.g. after SFT)
+            run.phase("validate (starting policy)")
+            run.logger.log(0, evaluate(run, cfg, seed=cfg.train.seed))
+
+        rank0_phase("validate the starting policy", validate_start)
     for step in range(start + 1, cfg.train.steps + 1):
         t = {"start": time.perf_counter()}
         vas_step[0] = step
@@ -74,9 +71,9 @@ def train_grpo(cfg: Config) -> dict:
         indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
         t["sample"] = time.perf_counter()
         # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
-        payload = None
         run.phase("rollout + reward")
-        if rank0:
+
+        def rollout_and_score(indices, step):
             rollouts = generate_and_score(
                 run.engine,
                 run.train_data,
@@ -89,8 +86,9 @@ def train_grpo(cfg: Config) -> dict:
             vas.observe(indices, rollouts.outcomes())
             batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
             batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
-            payload = (batch, rollout_metrics(rollouts) | vas.metrics())
-        batch, step_metrics = broadcast(payload)
+            return batch, rollout_metrics(rollouts) | vas.metrics()
+
+        batch, step_metrics = rank0_phase("rollout + reward", rollout_and_score, indices, step)
         t["rollout"] = time.perf_counter()
         # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -113,8 +111,9 @@ def train_grpo(cfg: Config) -> dict:
         run.phase("weight sync")
         sync = sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
         t["sync"] = time.perf_counter()
+
         # 6. validation, logs, checkpoint
-        if rank0:
+        def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
             metrics = dict(step_metrics)
             metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
             metrics.update(_perf(t, batch, sync))
@@ -125,6 +124,11 @@ def train_grpo(cfg: Config) -> dict:
                 metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
             run.logger.log(step, metrics)
             run.progress(step)
+            return metrics
+
+        metrics = rank0_phase(
+            "validate + log", validate_and_log, step, step_metrics, train_metrics, t, batch, sync
+        )
         if cfg.checkpoint.save_every_steps and (
             step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
         ):

@@ -7,12 +7,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
 from transformers import AutoConfig
 
 from mmr1_mega.actor.actor import MegatronActor
 from mmr1_mega.config import Config
 from mmr1_mega.data.errors import DataError
+from mmr1_mega.distributed.comm import rank0_phase, set_rank0_phase_timeout
 from mmr1_mega.distributed.init import initialize_model_parallel
 from mmr1_mega.models.hf_io import CheckpointError, HFCheckpoint
 from mmr1_mega.trainer import checkpoint as ckpt
@@ -84,13 +84,21 @@ def check_inputs(cfg: Config) -> object:
     return hf_config
 
 
+def init_layout(cfg: Config) -> None:
+    """Process groups and megatron's layout with the run's timeouts (collective over all ranks)."""
+    set_rank0_phase_timeout(cfg.train.rank0_phase_timeout_s)
+    p = cfg.parallel
+    initialize_model_parallel(
+        p.tensor_parallel, p.pipeline_parallel, seed=cfg.train.seed, timeout_s=cfg.train.collective_timeout_s
+    )
+
+
 def build_run(cfg: Config, with_engine: bool = True) -> Run:
     """Initialise the layout and build everything a GRPO run needs (collective over all ranks)."""
     setup_logging()
+    init_layout(cfg)
     p = cfg.parallel
-    initialize_model_parallel(p.tensor_parallel, p.pipeline_parallel, seed=cfg.train.seed)
     hf_config = AutoConfig.from_pretrained(cfg.model.hf_path)
-    rank0 = dist.get_rank() == 0
     actor = MegatronActor(
         hf_config,
         cfg.model.hf_path,
@@ -122,8 +130,8 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         merge=hf_config.vision_config.spatial_merge_size,
         resume_from=resume_from,
     )
-    pool = [0]
-    if rank0:
+
+    def rank0_parts() -> int:  # datasets, engine start-up (minutes for large models), logs
         from mmr1_mega.data.rl_dataset import RLDataset
         from mmr1_mega.data.tokenizer import load_processor
         from mmr1_mega.trainer.logger import MetricsLogger
@@ -132,15 +140,15 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         run.train_data = RLDataset(cfg.data.train_files, cfg.data, processor, name="train")
         if cfg.data.val_files:
             run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")
-        pool[0] = len(run.train_data)
         if with_engine:
             run.engine = make_rollout_engine(cfg)
         run.logger = MetricsLogger(
             cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name
         )
         run.bar = PhaseProgress("GRPO", cfg.train.steps)
-    dist.broadcast_object_list(pool, src=0)
-    run.pool_size = pool[0]
+        return len(run.train_data)
+
+    run.pool_size = rank0_phase("datasets + rollout engine", rank0_parts)
     return run
 
 

@@ -15,11 +15,10 @@ from transformers import AutoConfig
 from mmr1_mega.actor.actor import MegatronActor
 from mmr1_mega.actor.batch import build_sft_batch
 from mmr1_mega.config import Config, OptimConfig, dump_config
-from mmr1_mega.distributed.init import initialize_model_parallel
+from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.models.weights import export_hf
-from mmr1_mega.trainer.grpo import broadcast
 from mmr1_mega.trainer.logger import PhaseProgress
-from mmr1_mega.trainer.setup import setup_logging
+from mmr1_mega.trainer.setup import init_layout, setup_logging
 
 log = logging.getLogger("mmr1_mega")
 IGNORE_INDEX = -100
@@ -32,8 +31,8 @@ def sft_export_dir(cfg: Config) -> Path:
 def train_sft(cfg: Config) -> dict:
     """Run cold-start SFT; returns the last metrics (rank 0) and writes the HF export."""
     setup_logging()
+    init_layout(cfg)
     p = cfg.parallel
-    initialize_model_parallel(p.tensor_parallel, p.pipeline_parallel, seed=cfg.train.seed)
     hf_config = AutoConfig.from_pretrained(cfg.model.hf_path)
     s = cfg.sft
     optim = OptimConfig(
@@ -57,7 +56,9 @@ def train_sft(cfg: Config) -> dict:
     )
     rank0 = dist.get_rank() == 0
     data = logger = None
-    if rank0:
+
+    def open_data_and_logs():
+        nonlocal data, logger
         from mmr1_mega.data.sft_dataset import SFTDataset
         from mmr1_mega.data.tokenizer import load_processor
         from mmr1_mega.trainer.logger import MetricsLogger
@@ -65,19 +66,22 @@ def train_sft(cfg: Config) -> dict:
         data = SFTDataset(cfg.data.sft_files, cfg.data, load_processor(cfg.model.hf_path))
         logger = MetricsLogger(cfg.log, Path(cfg.train.output_dir) / "sft", cfg.to_dict(), "sft")
         dump_config(cfg, Path(cfg.train.output_dir) / "sft" / "config.yaml")
+
+    rank0_phase("SFT data + logs", open_data_and_logs)
     bar = PhaseProgress("SFT" if rank0 else None, s.steps)
     rng = np.random.default_rng(cfg.train.seed)
     order: list[int] = []
     metrics: dict = {}
     for step in range(1, s.steps + 1):
         t0 = time.perf_counter()
-        payload = None
-        if rank0:
+
+        def next_batch():
+            nonlocal order
             while len(order) < s.batch_size:  # epochs of reshuffled passes
                 order += rng.permutation(len(data)).tolist()
             take, order = order[: s.batch_size], order[s.batch_size :]
             conv = [data[i] for i in take]
-            payload = build_sft_batch(
+            return build_sft_batch(
                 [c["input_ids"] for c in conv],
                 [[lab != IGNORE_INDEX for lab in c["labels"]] for c in conv],
                 [c["pixel_values"] for c in conv],
@@ -85,13 +89,17 @@ def train_sft(cfg: Config) -> dict:
                 hf_config.image_token_id,
                 hf_config.vision_config.spatial_merge_size,
             )
-        batch = broadcast(payload)
+
+        batch = rank0_phase("SFT batch", next_batch)
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         m = actor.sft_step(batch.select(range(dp_rank, len(batch), dp)))
-        if rank0:
-            metrics = {f"sft/{k}": v for k, v in m.items()} | {"perf/step_seconds": time.perf_counter() - t0}
+        metrics = {f"sft/{k}": v for k, v in m.items()} | {"perf/step_seconds": time.perf_counter() - t0}
+
+        def log_step(step, metrics):
             logger.log(step, metrics)
             bar.update(step)
+
+        rank0_phase("SFT log", log_step, step, metrics)
     bar.phase("export")
     out = sft_export_dir(cfg)
     export_hf(actor.model, actor.table, out, cfg.model.hf_path)

@@ -3,7 +3,7 @@ refresh schedule, online update and the rank-0 broadcast."""
 
 from mmr1_mega.vas.config import VASConfig
 from mmr1_mega.vas.controller import VarianceAwareSampler
-from mmr1_mega.vas.dist import DistributedVAS, broadcast_indices
+from mmr1_mega.vas.dist import DistributedVAS
 from mmr1_mega.vas.outcomes import RolloutOutcomes
 from mmr1_mega.vas.sampler import MixedSampler
 from mmr1_mega.vas.scores import PromptScores, score_prompts
@@ -16,7 +16,6 @@ __all__ = [
     "RolloutOutcomes",
     "VASConfig",
     "VarianceAwareSampler",
-    "broadcast_indices",
     "score_prompts",
     "self_bleu",
 ]

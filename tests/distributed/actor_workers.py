@@ -111,3 +111,25 @@ def nonfinite_then_finite(hf_dir, bad_batch, good_batch, loss_cfg, optim_kwargs)
         "changed_after_good": any(not torch.equal(before[k], after_good[k]) for k in before),
         "opt_state_empty_after_bad": opt_state_empty,
     }
+
+
+def checkpoint_when_rank0_cannot_write(hf_dir: str, out_dir: str, optim_kwargs: dict) -> dict:
+    """Save a checkpoint at step 1, then one at step 2 whose trainer state rank 0 cannot write (it does not
+    pickle, as a full disk would fail the same write). Returns what each rank saw of the second save."""
+    import time
+
+    from mmr1_mega.trainer.checkpoint import complete_checkpoints, save_checkpoint
+
+    actor = _make_actor(AutoConfig.from_pretrained(hf_dir), hf_dir, "tp1", optim_kwargs)
+    save_checkpoint(out_dir, 1, actor, {"vas": {}}, keep_last=2)
+    start = time.monotonic()
+    try:
+        save_checkpoint(out_dir, 2, actor, {"vas": {"not picklable": lambda: 0}}, keep_last=2)
+        error = None
+    except Exception as e:  # noqa: BLE001
+        error = f"{type(e).__name__}: {e}"
+    return {
+        "error": error,
+        "seconds": time.monotonic() - start,
+        "complete": [p.name for p in complete_checkpoints(out_dir)],
+    }

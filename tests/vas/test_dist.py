@@ -17,6 +17,11 @@ WORLD, POOL, BATCH, STEPS = 3, 50, 6, 10
 CFG = dict(update_every_steps=3, chunk_prompts=8, progress=False, seed=7)
 
 
+class FailingScorer(IndexScorer):
+    def __call__(self, indices):
+        raise OSError("disk full while scoring")
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -24,7 +29,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         scorer = IndexScorer()
         dvas = DistributedVAS(POOL, VASConfig(**CFG))
         seq = [dvas.next_indices(BATCH, scorer).tolist() for _ in range(STEPS)]
+        failing = DistributedVAS(POOL, VASConfig(**CFG))  # its first draw refreshes: rank 0's scorer fails
+        try:
+            failing.next_indices(BATCH, FailingScorer())
+            error = None
+        except Exception as e:  # noqa: BLE001
+            error = f"{type(e).__name__}: {e}"
         result = {
+            "failed_refresh": error,
             "seq": seq,
             "score_calls": len(scorer.calls),
             "holds_vps": dvas.vas is not None,
@@ -63,3 +75,13 @@ def test_broadcast_sequence_equals_a_single_process_sampler(rank_results):
     local = VarianceAwareSampler(POOL, VASConfig(**CFG))
     expected = [local.next_indices(BATCH, IndexScorer()).tolist() for _ in range(STEPS)]
     assert rank_results[0]["seq"] == expected
+
+
+@pytest.mark.distributed
+def test_a_refresh_that_fails_on_rank_zero_raises_on_every_rank(rank_results):
+    assert rank_results[0]["failed_refresh"] == "OSError: disk full while scoring"
+    for r in rank_results[1:]:
+        assert r["failed_refresh"].startswith(
+            "Rank0PhaseError: rank 0 failed in phase 'VAS sample / refresh'"
+        )
+        assert "disk full while scoring" in r["failed_refresh"]
