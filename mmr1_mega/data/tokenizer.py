@@ -144,10 +144,14 @@ def build_processor(
     return processor
 
 
-def load_processor(path: str, **kwargs: Any) -> Qwen2_5_VLProcessor:
+def load_processor(
+    path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any
+) -> Qwen2_5_VLProcessor:
     """Load a Qwen2-VL / Qwen2.5-VL processor from a local folder (no hub access is attempted).
 
-    Takes: the folder (ours or a downloaded Qwen checkpoint), extra kwargs for from_pretrained.
+    Takes: the folder (ours or a downloaded Qwen checkpoint); min_pixels / max_pixels: the resize bounds
+    per image (the run's data.min_pixels / data.max_pixels) instead of the checkpoint's own, which for
+    released Qwen checkpoints allow ~12.8 M pixels per image; extra kwargs for from_pretrained.
     Returns: AutoProcessor's processor where it can load (torchvision installed and the folder has a video
     processor config, as downloaded Qwen checkpoints do); otherwise an
     ImageOnlyQwen2_5_VLProcessor built from the folder's tokenizer, image processor config and chat template.
@@ -159,7 +163,9 @@ def load_processor(path: str, **kwargs: Any) -> Qwen2_5_VLProcessor:
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available() and os.path.isfile(os.path.join(path, "video_preprocessor_config.json")):
-        return AutoProcessor.from_pretrained(path, local_files_only=True, **kwargs)
+        return set_pixel_bounds(
+            AutoProcessor.from_pretrained(path, local_files_only=True, **kwargs), min_pixels, max_pixels
+        )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -169,4 +175,25 @@ def load_processor(path: str, **kwargs: Any) -> Qwen2_5_VLProcessor:
     if os.path.isfile(template_file):
         with open(template_file) as f:
             chat_template = f.read()
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=chat_template)
+    return set_pixel_bounds(processor, min_pixels, max_pixels)
+
+
+def set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> Any:
+    """Make the processor's image processor resize every image into [min_pixels, max_pixels] pixels (either
+    bound None: keep the processor's own). Returns the processor."""
+    ip = processor.image_processor
+    size = ip.size
+    lo = size["shortest_edge"] if min_pixels is None else min_pixels
+    hi = size["longest_edge"] if max_pixels is None else max_pixels
+    if not 0 < lo <= hi:
+        raise ValueError(f"pixel bounds must satisfy 0 < min_pixels <= max_pixels, got {lo} and {hi}")
+    ip.size = (
+        type(size)(shortest_edge=lo, longest_edge=hi)
+        if not isinstance(size, dict)
+        else {
+            "shortest_edge": lo,
+            "longest_edge": hi,
+        }
+    )
+    return processor

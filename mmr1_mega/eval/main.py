@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             model = tempfile.mkdtemp(prefix="mmr1-eval-")
             run_on_ranks(_export_checkpoint, 1, args.checkpoint, args.base, model)
         HFCheckpoint(model)
-        processor = load_processor(model)
-        data = RLDataset(args.data, DataConfig(), processor, name="eval")
+        data_cfg = DataConfig()  # the paper's image bounds, as in training
+        processor = load_processor(model, data_cfg.min_pixels, data_cfg.max_pixels)
+        data = RLDataset(args.data, data_cfg, processor, name="eval")
     except (CheckpointError, DataError, FileNotFoundError) as e:
         print(f"mmr1-mega eval: error: {e}", file=sys.stderr)
         return 2

@@ -136,7 +136,7 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         from mmr1_mega.data.tokenizer import load_processor
         from mmr1_mega.trainer.logger import MetricsLogger
 
-        processor = load_processor(cfg.model.hf_path)
+        processor = load_processor(cfg.model.hf_path, cfg.data.min_pixels, cfg.data.max_pixels)
         run.train_data = RLDataset(cfg.data.train_files, cfg.data, processor, name="train")
         if cfg.data.val_files:
             run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")

@@ -63,7 +63,11 @@ def train_sft(cfg: Config) -> dict:
         from mmr1_mega.data.tokenizer import load_processor
         from mmr1_mega.trainer.logger import MetricsLogger
 
-        data = SFTDataset(cfg.data.sft_files, cfg.data, load_processor(cfg.model.hf_path))
+        data = SFTDataset(
+            cfg.data.sft_files,
+            cfg.data,
+            load_processor(cfg.model.hf_path, cfg.data.min_pixels, cfg.data.max_pixels),
+        )
         logger = MetricsLogger(cfg.log, Path(cfg.train.output_dir) / "sft", cfg.to_dict(), "sft")
         dump_config(cfg, Path(cfg.train.output_dir) / "sft" / "config.yaml")
 

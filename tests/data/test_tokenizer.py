@@ -49,6 +49,19 @@ def test_saved_processor_loads_offline_and_behaves_identically(tmp_path, monkeyp
     assert len(loaded.tokenizer) <= 200
 
 
+def test_the_runs_pixel_bounds_replace_the_checkpoints_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a checkpoint whose processor allows far larger images than the run does (as released Qwen ones do)
+    build_processor(str(tmp_path), 28 * 28, 1280 * 28 * 28, corpus=["How many?"] * 3, vocab_size=200)
+    big = random_image(np.random.default_rng(0), low=600, high=700)
+    own = load_processor(str(tmp_path)).image_processor(images=[big])["image_grid_thw"][0]
+    bounded = load_processor(str(tmp_path), 28 * 28, 64 * 28 * 28).image_processor(images=[big])
+    t, h, w = (int(x) for x in bounded["image_grid_thw"][0])
+    assert h * w * 14 * 14 <= 64 * 28 * 28 < int(own[1] * own[2]) * 14 * 14
+    with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
+        load_processor(str(tmp_path), 64 * 28 * 28, 28 * 28)
+
+
 def test_missing_processor_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_processor"):
         load_processor(str(tmp_path / "nope"))
