@@ -415,6 +415,16 @@ def without(name: str) -> Iterator[None]:
         _undo[name] = by_name[name].install()
 
 
+def disable_dynamo_without_cuda() -> None:
+    """Without CUDA, turn off torch.compile (TORCHDYNAMO_DISABLE=1, unless the user set it): megatron
+    compiles a few fused helpers on their first call, seconds per process on a CPU for nothing. On a GPU
+    the compiled fusions are wanted, and the variable would also reach the engine servers' environment."""
+    import os
+
+    if cuda_absent():
+        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+
 def device() -> torch.device:
     """The device this process computes on: the current CUDA device, or the CPU."""
     return torch.device("cpu") if cuda_absent() else torch.device("cuda", torch.cuda.current_device())

@@ -65,6 +65,23 @@ def _dead_rank(procs: list, results: dict) -> tuple[int, str] | None:
     return None
 
 
+def check_fork_safe() -> None:
+    """Raise RuntimeError when CUDA is initialised in this process: CUDA cannot be used in processes
+    forked after that. (torch.cuda.is_available / device_count may be asked first: with
+    PYTORCH_NVML_BASED_CUDA_CHECK=1, set here, torch answers them through NVML without initialising CUDA.)
+    """
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            "CUDA is already initialised in the process that forks the ranks: ask CUDA questions (device "
+            "names, memory, tensors on the GPU) inside the rank function, or start the ranks with torchrun"
+        )
+
+
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+
 def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, **kwargs: Any) -> list:
     """Run fn(*args, **kwargs) on world_size forked ranks; returns the per-rank results in rank order.
 
@@ -73,6 +90,7 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 9
     """
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         return [fn(*args, **kwargs)]
+    check_fork_safe()
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = free_port()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -47,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSONL of per-sample results")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
+
+    disable_dynamo_without_cuda()
 
     from mmr1_mega.config import RolloutConfig
     from mmr1_mega.data.config import DataConfig

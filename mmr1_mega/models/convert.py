@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -103,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-shard-mb", type=float, default=4096)
     args = parser.parse_args(argv)
 
+    from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
     from mmr1_mega.distributed.launch import RankFailed, run_on_ranks
     from mmr1_mega.models.hf_io import CheckpointError
 
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    disable_dynamo_without_cuda()
     start = time.time()
     try:
         if args.direction == "hf-to-mcore":

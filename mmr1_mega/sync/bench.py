@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,9 @@ TRANSPORTS = ("local", "sglang-colocated", "sglang-distributed")
 
 
 def _worker(hf_dir: str, tp: int, bucket_mb: float, repeats: int, dtype: str, transport: str) -> list[dict]:
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
+
+    disable_dynamo_without_cuda()
     from transformers import AutoConfig
 
     from mmr1_mega.distributed.init import free_port, initialize_model_parallel
@@ -60,7 +61,10 @@ def _worker(hf_dir: str, tp: int, bucket_mb: float, repeats: int, dtype: str, tr
             [server], colocated=transport == "sglang-colocated", master_port=free_port()
         ).launch()
     try:
-        return [sync_weights(model, table, engine, bucket_mb=bucket_mb) for _ in range(repeats + 1)][1:]
+        runs = [sync_weights(model, table, engine, bucket_mb=bucket_mb) for _ in range(repeats + 1)][1:]
+        # asked here, in the rank: CUDA must not be initialised in the parent that forks the ranks
+        name = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        return [m | {"device": name} for m in runs]
     finally:
         if engine is not None and hasattr(engine, "servers"):
             engine.shutdown()
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmr1_mega.models.tiny import save_tiny_model
 
     report = {
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": None,  # filled in by the ranks
         "torch_threads": torch.get_num_threads(),
         "tp": args.tp,
         "bucket_mb": args.bucket_mb,
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_on_ranks(
                 _worker, args.tp, d, args.tp, args.bucket_mb, args.repeats, args.dtype, transport
             )[0]
+            report["device"] = runs[0]["device"]
             report["transports"][transport] = {
                 "updates": [
                     {"seconds": round(m["seconds"], 4), "gb_per_s": round(m["gb_per_s"], 3)} for m in runs

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -164,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from mmr1_mega.config import load_config
+    from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
 
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    disable_dynamo_without_cuda()
     t0 = time.time()
     demo = yaml.safe_load(Path(args.config).read_text())
     seed = args.seed if args.seed is not None else demo.get("seed", 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from mmr1_mega.config import ConfigError, load_config
@@ -42,7 +41,9 @@ def _sft_rank(cfg):
 
 
 def _launch(fn, argv, prog: str) -> int:
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
+
+    disable_dynamo_without_cuda()
     from mmr1_mega.data.errors import DataError
     from mmr1_mega.distributed.launch import RankFailed, run_on_ranks
     from mmr1_mega.models.hf_io import CheckpointError

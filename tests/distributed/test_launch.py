@@ -40,3 +40,13 @@ def test_a_rank_that_dies_without_reporting_fails_fast_instead_of_hanging():
     with pytest.raises(RankFailed, match="rank 1 failed(.|\n)*exit code 3 without reporting"):
         run_on_ranks(_die_silently_on_rank_1, 2, timeout_s=600)
     assert time.monotonic() - t0 < 30
+
+
+def test_a_parent_with_cuda_initialised_refuses_to_fork_ranks(monkeypatch):
+    # stand-in for a parent that touched CUDA (no GPU here): CUDA cannot be used in forked children
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="inside the rank function"):
+        run_on_ranks(_rank_value, 2, 1)
+

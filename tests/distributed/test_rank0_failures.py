@@ -15,7 +15,11 @@ def test_a_checkpoint_rank0_cannot_write_fails_on_every_rank_fast_and_keeps_the_
     save_tiny_model(tmp_path / "hf", seed=2)
     optim = dict(lr=1e-3)
     out = run_on_ranks(
-        actor_workers.checkpoint_when_rank0_cannot_write, 2, str(tmp_path / "hf"), str(tmp_path / "run"), optim
+        actor_workers.checkpoint_when_rank0_cannot_write,
+        2,
+        str(tmp_path / "hf"),
+        str(tmp_path / "run"),
+        optim,
     )
     assert "pickle" in out[0]["error"].lower() or "lambda" in out[0]["error"]
     assert out[1]["error"].startswith("Rank0PhaseError: rank 0 failed in phase 'checkpoint: trainer state'")
