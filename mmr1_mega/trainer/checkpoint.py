@@ -104,13 +104,18 @@ def save_checkpoint(output_dir, step: int, actor, trainer_state: dict, keep_last
     return final
 
 
+def read_trainer_state(path: str | os.PathLike) -> dict:
+    """The trainer state of a complete checkpoint (step, VAS state, wandb run id, RNG states)."""
+    return torch.load(Path(path) / STATE, weights_only=False)
+
+
 def load_checkpoint(path: str | os.PathLike, actor) -> dict:
     """Collective: restore the actor state and this rank's RNG; returns the trainer state (all ranks)."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint")
     load_actor_state(actor, path / "actor")
-    state = torch.load(path / STATE, weights_only=False)
+    state = read_trainer_state(path)
     rngs = state.get("rng") or []
     rank = dist.get_rank()
     if rank < len(rngs) and len(rngs) == dist.get_world_size():

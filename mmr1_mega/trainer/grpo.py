@@ -137,7 +137,10 @@ def train_grpo(cfg: Config) -> dict:
                 cfg.train.output_dir,
                 step,
                 run.actor,
-                {"vas": vas.state_dict() if rank0 else None},
+                {
+                    "vas": vas.state_dict() if rank0 else None,
+                    "wandb_run_id": run.logger.wandb_run_id if rank0 else None,
+                },
                 cfg.checkpoint.keep_last,
             )
     run.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger("mmr1_mega")
 
+WANDB_ID_FILE = "wandb_run_id"
 CONSOLE_KEYS = (
     "reward/mean",
     "reward/accuracy",
@@ -31,9 +32,22 @@ CONSOLE_KEYS = (
 
 
 class MetricsLogger:
-    """log(step, metrics) writes everywhere configured; close() flushes. Only rank 0 should build one."""
+    """log(step, metrics) writes everywhere configured; close() flushes. Only rank 0 should build one.
 
-    def __init__(self, log_cfg, output_dir: str | os.PathLike, run_config: dict, run_name: str = "run"):
+    resume_step: the step a resumed run restarts after (None for a new run). A resumed run continues the
+    same wandb run (its id is kept in <output_dir>/wandb_run_id and in every checkpoint) and TensorBoard
+    drops what the interrupted run wrote after resume_step, so both step axes continue without doubles.
+    """
+
+    def __init__(
+        self,
+        log_cfg,
+        output_dir: str | os.PathLike,
+        run_config: dict,
+        run_name: str = "run",
+        resume_step: int | None = None,
+        wandb_run_id: str | None = None,
+    ):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -44,12 +58,17 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge)
             except Exception as e:  # noqa: BLE001 - optional backend
                 log.warning("tensorboard disabled: %s", e)
         mode = log_cfg.wandb
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        self.wandb_run_id = wandb_run_id
+        id_file = self.dir / WANDB_ID_FILE
+        if self.wandb_run_id is None and resume_step is not None and id_file.is_file():
+            self.wandb_run_id = id_file.read_text().strip()
         if mode != "off":
             try:
                 import wandb
@@ -60,8 +79,12 @@ class MetricsLogger:
                     dir=str(self.dir),
                     mode=mode,
                     config=run_config,
+                    id=self.wandb_run_id,  # None for a new run: wandb makes one
+                    resume="allow",
                     reinit="finish_previous",
                 )
+                self.wandb_run_id = self.wandb.id
+                id_file.write_text(self.wandb_run_id + "\n")
             except Exception as e:  # noqa: BLE001 - optional backend
                 log.warning("wandb disabled: %s", e)
         self.t0 = time.time()

@@ -142,8 +142,14 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
             run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")
         if with_engine:
             run.engine = make_rollout_engine(cfg)
+        resumed = ckpt.read_trainer_state(resume_from) if resume_from is not None else {}
         run.logger = MetricsLogger(
-            cfg.log, cfg.train.output_dir, cfg.to_dict(), Path(cfg.train.output_dir).name
+            cfg.log,
+            cfg.train.output_dir,
+            cfg.to_dict(),
+            Path(cfg.train.output_dir).name,
+            resume_step=resumed.get("step"),
+            wandb_run_id=resumed.get("wandb_run_id"),
         )
         run.bar = PhaseProgress("GRPO", cfg.train.steps)
         return len(run.train_data)

@@ -107,7 +107,9 @@ def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
     assert train_main([str(tmp_path / "full.yaml")]) == 0
 
     killed = tmp_path / "killed"
-    cfg = write_config(tmp_path / "killed.yaml", grpo_config(killed, model_dir, paths, **sections))
+    logged = grpo_config(killed, model_dir, paths, **sections)
+    logged["log"] = {"wandb": "offline", "tensorboard": True}
+    cfg = write_config(tmp_path / "killed.yaml", logged)
     env = dict(os.environ, TORCHDYNAMO_DISABLE="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmr1_mega.cli", "train", str(cfg)],
@@ -135,6 +137,15 @@ def test_run_killed_and_resumed_gives_the_same_metrics(task, tmp_path):
     got = {r["step"]: _comparable(r) for r in read_metrics(killed / "metrics.jsonl")}
     for step in (3, 4):
         assert got[step] == ref[step], f"step {step} differs after resume"
+    # the resumed run continues the same wandb run, and TensorBoard's step axis has each step once
+    run_id = (killed / "wandb_run_id").read_text().strip()
+    offline_runs = sorted(p.name for p in (killed / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(name.endswith(run_id) for name in offline_runs)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("actor/grad_norm")]
+    assert steps == [1, 2, 3, 4], steps
 
 
 def test_bad_records_are_skipped_and_counted(task, tmp_path, caplog):
