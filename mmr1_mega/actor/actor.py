@@ -32,7 +32,7 @@ from mmr1_mega.distributed.cpu import device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
-from mmr1_mega.ops.grpo import grpo_loss
+from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
 
 LOGPROB_CHUNK_MB = 256.0
 
@@ -331,6 +331,7 @@ class MegatronActor:
                 local_metrics[key] = float(values.sum() * dp if key == "loss" else values.mean())
         metrics = reduce_metrics(local_metrics)
         metrics.update(
+            loss_triton=float(loss_implementation(device()) != "eager-reference"),
             grad_norm=grad_norm,
             update_skipped=float(skipped),
             lr=self.optimizer.param_groups[0]["lr"],

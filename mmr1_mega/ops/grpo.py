@@ -28,6 +28,14 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or bool(triton.knobs.runtime.interpret)
 
 
+def loss_implementation(device: torch.device) -> str:
+    """Which implementation grpo_loss runs for tensors on `device`: "triton" (compiled kernels, CUDA),
+    "triton-interpreter" (TRITON_INTERPRET=1) or "eager-reference" (mmr1_mega.algo's torch code)."""
+    if triton.knobs.runtime.interpret:
+        return "triton-interpreter"
+    return "triton" if device.type == "cuda" else "eager-reference"
+
+
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

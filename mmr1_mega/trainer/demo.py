@@ -240,7 +240,9 @@ def _plot_vas(run_dir: Path, out_png: Path) -> Path | None:
 def _summary(metrics_file: Path, seconds: float, curves: Path, vas_png, cfg) -> dict:
     from mmr1_mega.trainer.logger import read_metrics
 
-    val = [(r["step"], r["val/accuracy"]) for r in read_metrics(metrics_file) if "val/accuracy" in r]
+    records = read_metrics(metrics_file)
+    val = [(r["step"], r["val/accuracy"]) for r in records if "val/accuracy" in r]
+    impl = sorted({r["impl/grpo_loss"] for r in records if "impl/grpo_loss" in r})
     start = val[0][1] if val else float("nan")
     best_final = val[-1][1] if val else float("nan")
     return {
@@ -252,6 +254,7 @@ def _summary(metrics_file: Path, seconds: float, curves: Path, vas_png, cfg) -> 
         "curves_png": str(curves),
         "vas_png": None if vas_png is None else str(vas_png),
         "grpo_steps": cfg.train.steps,
+        "grpo_loss_implementation": impl,
     }
 
 

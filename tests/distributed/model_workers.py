@@ -194,3 +194,11 @@ def real_width_forward(hf_dir: str, batch: dict, ref_logits: torch.Tensor, layou
         del model, logits, full
         dist.barrier()
     return out
+
+
+def parameter_names(hf_dir: str) -> list[str]:
+    """The megatron parameter names of a TP1 model of hf_dir (the local layer spec)."""
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    initialize_model_parallel(1, 1)
+    model, _ = build_model(hf_config)
+    return [n for n, _ in model.named_parameters()]

@@ -49,4 +49,3 @@ def test_a_parent_with_cuda_initialised_refuses_to_fork_ranks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="inside the rank function"):
         run_on_ranks(_rank_value, 2, 1)
-

@@ -236,3 +236,14 @@ def test_compiled_kernel_on_cuda_matches_reference(monkeypatch, dtype):
     cfg = GRPOLossConfig(loss_agg_mode="seq-mean-token-mean", kl_coef=0.05, dual_clip_c=3.0)
     assert kernels().INTERPRETED is False
     _compare(cfg, tuple(batch))
+
+
+def test_the_implementation_that_runs_is_named(monkeypatch):
+    import torch
+
+    from mmr1_mega.ops import loss_implementation
+
+    assert loss_implementation(torch.device("cpu")) == "triton-interpreter"  # conftest sets TRITON_INTERPRET
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert loss_implementation(torch.device("cpu")) == "eager-reference"
+    assert loss_implementation(torch.device("cuda")) == "triton"

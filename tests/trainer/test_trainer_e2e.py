@@ -240,6 +240,8 @@ def test_demo_command_completes_with_a_small_setting(tmp_path):
     assert demo_main(["--out", str(tmp_path / "demo"), "--config", str(cfg)]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [s for s, _ in summary["val_curve"]] == [0, 2]
+    # what ran is written down: under the test suite's TRITON_INTERPRET=1, the Triton kernels interpreted
+    assert summary["grpo_loss_implementation"] == ["triton-interpreter"]
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "vas.png").stat().st_size > 10_000
 

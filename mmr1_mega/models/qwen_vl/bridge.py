@@ -110,7 +110,13 @@ def check_layout(hf_config, tensor_parallel: int, pipeline_parallel: int, sequen
 
 
 def weight_table(hf_config) -> list[Mapping]:
-    """HF (on-disk names, as transformers saves them) <-> megatron names of one stage's QwenVLModel."""
+    """HF (on-disk names, as transformers saves them) <-> megatron names of one stage's QwenVLModel.
+
+    One table for both layer specs: with transformer-engine the pre-attention and pre-MLP norms are fused
+    into the following linear layers (`linear_qkv.layer_norm_weight`, `linear_fc1.layer_norm_weight`; the
+    separate norms are IdentityOps), with the local spec they are `input_layernorm` / `pre_mlp_layernorm`.
+    Each norm has a row per spec; a model has the parameters of exactly one of them.
+    """
     text = hf_config.text_config
     qkv = FusedQKV(text.num_attention_heads, text.num_key_value_heads, text_head_dim(text))
     attn, mlp = "model.layers.{layer}.self_attn.", "model.layers.{layer}.mlp."
@@ -126,6 +132,11 @@ def weight_table(hf_config) -> list[Mapping]:
         Mapping(
             layer + "input_layernorm.weight", ("model.layers.{layer}.input_layernorm.weight",), Replicated()
         ),
+        Mapping(  # transformer-engine spec: the same norm, fused into TELayerNormColumnParallelLinear
+            layer + "self_attention.linear_qkv.layer_norm_weight",
+            ("model.layers.{layer}.input_layernorm.weight",),
+            Replicated(),
+        ),
         Mapping(
             layer + "self_attention.linear_qkv.weight",
             (attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"),
@@ -139,6 +150,11 @@ def weight_table(hf_config) -> list[Mapping]:
         Mapping(layer + "self_attention.linear_proj.weight", (attn + "o_proj.weight",), RowParallel()),
         Mapping(
             layer + "pre_mlp_layernorm.weight",
+            ("model.layers.{layer}.post_attention_layernorm.weight",),
+            Replicated(),
+        ),
+        Mapping(  # transformer-engine spec
+            layer + "mlp.linear_fc1.layer_norm_weight",
             ("model.layers.{layer}.post_attention_layernorm.weight",),
             Replicated(),
         ),
