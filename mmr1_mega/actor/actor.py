@@ -7,6 +7,7 @@ results computed on the last pipeline stage (log-probabilities, loss metrics) st
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from functools import partial
@@ -31,9 +32,11 @@ from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
+from mmr1_mega.models.spec import implementations
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
 
+log = logging.getLogger("mmr1_mega")
 LOGPROB_CHUNK_MB = 256.0
 
 
@@ -137,6 +140,8 @@ class MegatronActor:
             hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute
         )
         self.table = self.family.weight_table(hf_config)
+        if train and dist.get_rank() == 0:
+            log.info("megatron implementations: %s", implementations())
         load_hf_weights(model, weights_dir, self.table)
         self.config = model.config
         self.seq_multiple = ps.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1

@@ -43,6 +43,21 @@ def transformer_engine_usable() -> bool:
     return True
 
 
+def implementations() -> dict[str, str]:
+    """What runs here, as megatron-core chooses it: the layer spec (transformer-engine's fused linears and
+    norms, or the local spec with torch norms) and the Adam class megatron's optimizer uses (TE's
+    FusedAdam, apex's FusedAdam, or torch's AdamW, in megatron-core's own order of preference)."""
+    from megatron.core import optimizer as megatron_optimizer
+
+    te = transformer_engine_usable()
+    adam = megatron_optimizer.Adam
+    return {
+        "layer_spec": "transformer-engine" if te else "local",
+        "norm": "transformer-engine (fused into the linears)" if te else "torch (mmr1_mega TorchNorm)",
+        "adam": f"{adam.__module__}.{adam.__qualname__}",
+    }
+
+
 def decoder_block_spec(config: TransformerConfig, num_layers_here: int, use_te: bool | None = None):
     """Spec for the decoder layers of this pipeline stage (Qwen2-style: RMSNorm, SwiGLU, qkv bias).
 

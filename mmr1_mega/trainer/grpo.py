@@ -17,6 +17,7 @@ from mmr1_mega.algo import compute_advantages
 from mmr1_mega.config import Config, dump_config
 from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.distributed.cpu import device
+from mmr1_mega.models.spec import implementations
 from mmr1_mega.ops import loss_implementation
 from mmr1_mega.sync.sync import sync_weights
 from mmr1_mega.trainer import checkpoint as ckpt
@@ -117,6 +118,7 @@ def train_grpo(cfg: Config) -> dict:
         # 6. validation, logs, checkpoint
         def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
             metrics = dict(step_metrics) | {"impl/grpo_loss": loss_implementation(device())}
+            metrics.update({f"impl/{k}": v for k, v in implementations().items()})
             metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
             metrics.update(_perf(t, batch, sync))
             if cfg.train.val_every_steps and (

@@ -46,3 +46,15 @@ def test_transformer_engine_names_map_to_the_same_hf_tensors(tmp_path, model_typ
         renamed += te != name
     # two fused norms per decoder layer
     assert renamed == 2 * hf.config.text_config.num_hidden_layers
+
+
+def test_the_implementations_megatron_chose_are_named():
+    from megatron.core import optimizer as megatron_optimizer
+
+    from mmr1_mega.models.spec import implementations, transformer_engine_usable
+
+    impl = implementations()
+    assert impl["layer_spec"] == ("transformer-engine" if transformer_engine_usable() else "local")
+    assert impl["adam"].endswith(megatron_optimizer.Adam.__qualname__)
+    if not transformer_engine_usable():  # this machine: no TE, no apex -> megatron's torch fallback
+        assert impl["adam"] == "torch.optim.adamw.AdamW"
