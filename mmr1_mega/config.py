@@ -103,6 +103,12 @@ class RolloutConfig:
     mem_fraction: float = 0.7
     bucket_mb: int = 512
     colocate: bool = True
+    # colocate=false: the GPUs (of rank 0's node) the engines run on, num_engines x engine_tensor_parallel
+    # of them, none of the actor's; each engine's share must be consecutive ids
+    engine_gpus: list[int] = field(default_factory=list)
+    # the argv that starts one server, before its flags (default: python -m sglang.launch_server); e.g. a
+    # container wrapper
+    server_launcher: list[str] = field(default_factory=list)
     server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
     request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
 
@@ -117,6 +123,20 @@ class RolloutConfig:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
         if self.server_timeout_s <= 0 or self.request_timeout_s <= 0:
             raise ConfigError("rollout.server_timeout_s and rollout.request_timeout_s must be > 0")
+        if self.engine == "sglang" and not self.colocate:
+            need = self.num_engines * self.engine_tensor_parallel
+            if len(self.engine_gpus) != need or len(set(self.engine_gpus)) != need:
+                raise ConfigError(
+                    f"rollout.colocate=false needs rollout.engine_gpus: {need} distinct GPU ids "
+                    f"(num_engines {self.num_engines} x engine_tensor_parallel {self.engine_tensor_parallel}), "
+                    f"got {self.engine_gpus}"
+                )
+            for i in range(self.num_engines):
+                mine = self.engine_gpus[
+                    i * self.engine_tensor_parallel : (i + 1) * self.engine_tensor_parallel
+                ]
+                if mine != list(range(mine[0], mine[0] + len(mine))):
+                    raise ConfigError(f"rollout.engine_gpus: engine {i} gets {mine}, not consecutive GPU ids")
 
 
 @dataclass

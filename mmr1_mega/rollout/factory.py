@@ -35,29 +35,55 @@ def make_engine(
         from mmr1_mega.rollout.sglang import SGLangEngine
         from mmr1_mega.rollout.sglang_server import SGLangServer, default_log_path
 
+        tp = cfg.engine_tensor_parallel
+        if not cfg.colocate:
+            check_engine_gpus(cfg.engine_gpus, actor_gpus_on_this_node())
         servers = []
         for i in range(cfg.num_engines):
             port = free_port()
+            extra = {"launcher": list(cfg.server_launcher)} if cfg.server_launcher else {}
             servers.append(
                 SGLangServer(
                     str(model_path),
                     port=port,
-                    tp_size=cfg.engine_tensor_parallel,
+                    tp_size=tp,
                     mem_fraction=cfg.mem_fraction,
-                    base_gpu_id=i * cfg.engine_tensor_parallel,
+                    # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
+                    base_gpu_id=i * tp if cfg.colocate else cfg.engine_gpus[i * tp],
                     colocated=cfg.colocate,
                     log_path=default_log_path(port),
+                    **extra,
                 )
             )
         engine = SGLangEngine(
             servers,
             colocated=cfg.colocate,
             stage=stage,
-            master_port=master_port,
+            # the weight-update group (disaggregated) rendezvous at this process, on its node, which runs
+            # the servers it starts: they reach it on the loopback interface
+            master_address="127.0.0.1",
+            master_port=master_port if master_port is not None else (None if cfg.colocate else free_port()),
             timeout_s=cfg.server_timeout_s,
+            request_timeout_s=cfg.request_timeout_s,
         )
         return engine.launch()
     raise EngineError(f"rollout.engine={cfg.engine!r} is not implemented yet: use local or sglang")
+
+
+def actor_gpus_on_this_node() -> list[int]:
+    """The GPU ids the actor's ranks use on this node: local ranks 0 .. LOCAL_WORLD_SIZE-1 (torchrun)."""
+    return list(range(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))))
+
+
+def check_engine_gpus(engine_gpus: list[int], actor_gpus: list[int]) -> None:
+    """Raise EngineError when disaggregated engines would share a GPU with the actor."""
+    shared = sorted(set(engine_gpus) & set(actor_gpus))
+    if shared:
+        raise EngineError(
+            f"rollout.engine_gpus {engine_gpus} overlap the actor's GPUs {actor_gpus} on this node "
+            f"(GPUs {shared}): with colocate=false give the engines GPUs of their own, e.g. launch "
+            "fewer ranks per node (torchrun --nproc-per-node) and name the rest"
+        )
 
 
 def request_from_config(cfg, prompt_ids: list[int], seed: int | None = None, **images) -> GenerationRequest:

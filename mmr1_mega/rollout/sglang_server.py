@@ -1,12 +1,23 @@
 """One SGLang server process: its command line, start, health wait with a time-out, restart, stop;
-and the small HTTP helper the adapter uses to talk to it."""
+and the small HTTP helper the adapter uses to talk to it.
+
+No orphans: a server runs in its own session (so its own children, e.g. TP workers, go with it), is
+stopped on any exit of the process that started it (`atexit`, reached after exceptions and after the
+trainer's signal handling), and, on Linux, is sent SIGTERM by the kernel if that process dies without
+running any of it (SIGKILL, the OOM killer): PR_SET_PDEATHSIG.
+"""
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +105,9 @@ class SGLangServer:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,  # a server's own children (TP workers) die with it in stop()
+            preexec_fn=_die_with_parent if _PDEATHSIG_THREAD == threading.get_ident() else None,
         )
+        _LIVE[id(self)] = weakref.ref(self)
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -144,12 +157,37 @@ class SGLangServer:
             except ProcessLookupError:
                 pass
         self.process = None
+        _LIVE.pop(id(self), None)
 
     def restart(self, timeout_s: float = 600.0) -> float:
         """Stop (if running) and start again; returns the seconds until healthy."""
         self.stop()
         self.start()
         return self.wait_healthy(timeout_s)
+
+
+# ---- no orphans ------------------------------------------------------------------------------------------
+_LIVE: dict[int, weakref.ref] = {}  # servers started and not stopped (dataclasses are not hashable)
+# PR_SET_PDEATHSIG fires when the THREAD that forked the child ends: only servers started from the main
+# thread get it (the trainer starts them there).
+_PDEATHSIG_THREAD = threading.main_thread().ident
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: atexit and the signal handling still stop servers
+        pass
+
+
+@atexit.register
+def stop_all_servers() -> None:
+    """Stop every server this process started and has not stopped (called at interpreter exit)."""
+    for ref in list(_LIVE.values()):
+        server = ref()
+        if server is not None:
+            server.stop(grace_s=5.0)
 
 
 def default_log_path(port: int) -> str:
