@@ -65,6 +65,33 @@ def _dead_rank(procs: list, results: dict) -> tuple[int, str] | None:
     return None
 
 
+def _forward_stop_signals(procs: list) -> dict:
+    """While the ranks run, pass SIGTERM / SIGUSR1 sent to this process on to them (as torchrun does), so
+    they can checkpoint and stop (distributed/signals.py). Returns the handlers to restore."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    return {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
 def check_fork_safe() -> None:
     """Raise RuntimeError when CUDA is initialised in this process: CUDA cannot be used in processes
     forked after that. (torch.cuda.is_available / device_count may be asked first: with
@@ -100,6 +127,7 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 9
     ]
     for p in procs:
         p.start()
+    forwarded = _forward_stop_signals(procs)
     results: dict[int, Any] = {}
     failure = None
     deadline = time.monotonic() + timeout_s
@@ -121,6 +149,7 @@ def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 9
             p.join(timeout=5 if failure else 60)
             if p.is_alive():
                 p.kill()
+        _restore(forwarded)
     if failure is not None:
         raise RankFailed(f"rank {failure[0]} failed:\n{failure[1]}")
     return [results[r] for r in range(world_size)]

@@ -17,6 +17,12 @@ from mmr1_mega.algo import compute_advantages
 from mmr1_mega.config import Config, dump_config
 from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.distributed.cpu import device
+from mmr1_mega.distributed.signals import (
+    Preempted,
+    install_stop_handlers,
+    stop_requested_anywhere,
+    stop_signal,
+)
 from mmr1_mega.models.spec import implementations
 from mmr1_mega.ops import loss_implementation
 from mmr1_mega.sync.sync import sync_weights
@@ -29,8 +35,20 @@ log = logging.getLogger("mmr1_mega")
 
 
 def train_grpo(cfg: Config) -> dict:
-    """Run GRPO + VAS as configured; returns the last step's metrics (every rank)."""
+    """Run GRPO + VAS as configured; returns the last step's metrics (every rank).
+
+    Raises Preempted after writing a checkpoint when a rank got SIGTERM / SIGUSR1 (distributed/signals.py).
+    The rollout engines are stopped on every exit.
+    """
+    install_stop_handlers()
     run = build_run(cfg)  # actor, reference, engine + datasets + logger on rank 0, resume state
+    try:
+        return _train(run, cfg)
+    finally:
+        run.close()
+
+
+def _train(run, cfg: Config) -> dict:
     rank0 = dist.get_rank() == 0
     n, B = cfg.rollout.n_samples, cfg.train.prompts_per_step
     vas = DistributedVAS(run.pool_size, cfg.vas)
@@ -133,11 +151,13 @@ def train_grpo(cfg: Config) -> dict:
         metrics = rank0_phase(
             "validate + log", validate_and_log, step, step_metrics, train_metrics, t, batch, sync
         )
-        if cfg.checkpoint.save_every_steps and (
+        due = cfg.checkpoint.save_every_steps and (
             step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
-        ):
+        )
+        stop = stop_requested_anywhere()  # SIGTERM / SIGUSR1 on any rank: checkpoint, then stop
+        if due or stop:
             run.phase("checkpoint")
-            ckpt.save_checkpoint(
+            path = ckpt.save_checkpoint(
                 cfg.train.output_dir,
                 step,
                 run.actor,
@@ -147,7 +167,11 @@ def train_grpo(cfg: Config) -> dict:
                 },
                 cfg.checkpoint.keep_last,
             )
-    run.close()
+        if stop:
+            raise Preempted(
+                f"stopped by {stop_signal() or 'a signal to another rank'} after step {step}: checkpoint "
+                f"{path} written; continue with checkpoint.resume=auto"
+            )
     return metrics
 
 

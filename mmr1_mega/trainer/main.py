@@ -46,6 +46,7 @@ def _launch(fn, argv, prog: str) -> int:
     disable_dynamo_without_cuda()
     from mmr1_mega.data.errors import DataError
     from mmr1_mega.distributed.launch import RankFailed, run_on_ranks
+    from mmr1_mega.distributed.signals import Preempted
     from mmr1_mega.models.hf_io import CheckpointError
     from mmr1_mega.trainer.setup import check_inputs
 
@@ -59,8 +60,14 @@ def _launch(fn, argv, prog: str) -> int:
     world = cfg.train.world_size or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
     try:
         results = run_on_ranks(fn, world, cfg, timeout_s=7 * 24 * 3600)
+    except Preempted as e:  # under torchrun the rank runs in this process
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 143
     except RankFailed as e:
         last = str(e).strip().splitlines()[-1]
+        if last.startswith("mmr1_mega.distributed.signals.Preempted"):  # checkpointed, then stopped
+            print(f"{prog}: {last.split(': ', 1)[-1]}", file=sys.stderr)
+            return 143
         if last.split(":")[0].split(".")[-1] in USER_ERRORS:  # bad input found by a rank: one line
             print(f"{prog}: error: {last.split(': ', 1)[-1]}", file=sys.stderr)
             return 2

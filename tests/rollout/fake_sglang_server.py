@@ -49,6 +49,11 @@ def main() -> None:
     if args.exit_at_start:
         raise SystemExit(3)
     record = Path(args.record_dir) / f"{args.port}.jsonl"
+    vocab = 1000  # generated ids stay inside the served model's vocabulary when it has a config
+    config = Path(args.model_path) / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        vocab = c.get("text_config", {}).get("vocab_size") or c.get("vocab_size") or vocab
 
     def log(path: str, body) -> None:
         with open(record, "a") as f:
@@ -85,7 +90,7 @@ def main() -> None:
             if self.path == "/generate":
                 rows = []
                 for k, (ids, sp) in enumerate(zip(body["input_ids"], body["sampling_params"])):
-                    out = [(ids[-1] + 1 + k + i) % 1000 for i in range(sp["max_new_tokens"])]
+                    out = [(ids[-1] + 1 + k + i) % vocab for i in range(sp["max_new_tokens"])]
                     rows.append(
                         {
                             "text": " ".join(f"w{t}" for t in out),

@@ -16,7 +16,7 @@ import pytest
 from mmr1_mega.trainer.checkpoint import complete_checkpoints
 from mmr1_mega.trainer.logger import read_metrics
 from mmr1_mega.trainer.main import sft_main, train_main
-from tests.trainer.tiny_task import grpo_config, make_task, write_config
+from tests.trainer.tiny_task import grpo_config, write_config
 
 pytestmark = pytest.mark.distributed
 
@@ -35,13 +35,6 @@ PHASE_KEYS = [
     "time/sync",
     "perf/tokens_per_second",
 ]
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task")
-    model_dir, paths = make_task(root)
-    return root, model_dir, paths
 
 
 def _run(task, tmp_path, name, *overrides, **sections):
