@@ -29,7 +29,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from mmr1_mega.actor.batch import RolloutBatch
 from mmr1_mega.algo.config import GRPOLossConfig
 from mmr1_mega.distributed.comm import comm_device
-from mmr1_mega.distributed.cpu import device
+from mmr1_mega.distributed.cpu import cuda_absent, device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
 from mmr1_mega.models.spec import implementations
@@ -144,6 +144,8 @@ class MegatronActor:
             log.info("megatron implementations: %s", implementations())
         load_hf_weights(model, weights_dir, self.table)
         self.config = model.config
+        self._offloaded: set[str] = set()
+        self._host_params: list = []
         self.seq_multiple = ps.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
         self.train_mode = train
         if not train:
@@ -343,6 +345,56 @@ class MegatronActor:
             train_seconds=time.perf_counter() - t0,
         )
         return metrics
+
+    # ------------------------------------------------------------------------------------- colocation
+    def offload(self, keep_params: bool = False) -> None:
+        """Free this rank's accelerator memory for a colocated engine (megatron's own helpers): gradient
+        buffers freed, optimizer state to the host and, unless keep_params, parameters to (pinned) host
+        memory. onload() undoes it; training after the round trip is exactly as without it."""
+        cuda = not cuda_absent()
+        if not keep_params and "params" not in self._offloaded:
+            buffers = self._param_buffers()
+            in_buffers = {id(p) for b in buffers for p in b.params}
+            # what no parameter buffer holds (no distributed optimizer; the reference): one by one
+            self._host_params = [
+                p for p in self.model.parameters() if id(p) not in in_buffers and p.device.type != "cpu"
+            ]
+            for p in self._host_params:
+                p.data = p.data.to("cpu", non_blocking=cuda)
+            for buffer in buffers:
+                buffer.offload_to_cpu(move_params=True, move_grads=False)
+            self._offloaded.add("params")
+        if self.train_mode and "grads+optimizer" not in self._offloaded:
+            self.model.offload_grad_buffers(synchronize=cuda, empty_cache=False)
+            self.optimizer.offload_to_cpu()
+            self._offloaded.add("grads+optimizer")
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+    def onload(self) -> None:
+        """Bring back what offload() moved, before the actor computes again."""
+        here = device()
+        if "params" in self._offloaded:
+            for p in self._host_params:
+                p.data = p.data.to(here, non_blocking=here.type == "cuda")
+            self._host_params = []
+            for buffer in self._param_buffers():
+                buffer.reload_from_cpu(move_params=True, move_grads=False)
+        if "grads+optimizer" in self._offloaded:
+            self.model.restore_grad_buffers(synchronize=False)
+            self.optimizer.restore_from_cpu()
+        if here.type == "cuda":
+            torch.cuda.synchronize()
+        self._offloaded.clear()
+
+    def _param_buffers(self) -> list:
+        if not self.train_mode:
+            return []
+        ddp = self.model
+        every = [*ddp.buffers, *getattr(ddp, "expert_parallel_buffers", [])]
+        # a buffer already in host memory has nothing to move (and megatron would pin a copy of it)
+        return [b for b in every if b.param_data is not None and b.param_data.device.type != "cpu"]
 
     # --------------------------------------------------------------------------------------------- export
     def hf_weights(self, dtype: torch.dtype | None = None):

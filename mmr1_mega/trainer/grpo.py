@@ -27,6 +27,7 @@ from mmr1_mega.models.spec import implementations
 from mmr1_mega.ops import loss_implementation
 from mmr1_mega.sync.sync import sync_weights
 from mmr1_mega.trainer import checkpoint as ckpt
+from mmr1_mega.trainer.handoff import Handoff
 from mmr1_mega.trainer.rollout import generate_and_score, rollout_batch, rollout_metrics
 from mmr1_mega.trainer.setup import build_run, evaluate
 from mmr1_mega.vas import DistributedVAS
@@ -54,12 +55,18 @@ def _train(run, cfg: Config) -> dict:
     vas = DistributedVAS(run.pool_size, cfg.vas)
     start = 0
     if run.resume_from is not None:
+        run.actor.onload()  # the checkpoint loads into the parameters where they compute
         state = ckpt.load_checkpoint(run.resume_from, run.actor)
         start = state["step"]
         if rank0:
             vas.load_state_dict(state["vas"])
             log.info("resumed from %s at step %d", run.resume_from, start)
-    sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+    handoff = Handoff(run, cfg)  # colocated engines and actor take turns on the accelerators
+
+    def push_weights():
+        return sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+
+    handoff.to_engine(push_weights)
     rank0_phase("write config", lambda: dump_config(cfg, f"{cfg.train.output_dir}/config.yaml"))
 
     def score_fn(prompt_indices):  # VAS refresh: N fresh rollouts per prompt (rank 0 only)
@@ -112,6 +119,7 @@ def _train(run, cfg: Config) -> dict:
         batch, step_metrics = rank0_phase("rollout + reward", rollout_and_score, indices, step)
         t["rollout"] = time.perf_counter()
         # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
+        handoff.to_actor()
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         local = batch.select(range(dp_rank, len(batch), dp))
         temperature = cfg.rollout.temperature or 1.0
@@ -130,7 +138,7 @@ def _train(run, cfg: Config) -> dict:
         t["train"] = time.perf_counter()
         # 5. new weights into the rollout engine
         run.phase("weight sync")
-        sync = sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+        sync = handoff.to_engine(push_weights)
         t["sync"] = time.perf_counter()
 
         # 6. validation, logs, checkpoint

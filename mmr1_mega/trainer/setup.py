@@ -131,6 +131,11 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         resume_from=resume_from,
     )
 
+    # colocated engines start after the actor and the reference have left the device (trainer/handoff.py)
+    from mmr1_mega.trainer.handoff import Handoff
+
+    Handoff(run, cfg).park()
+
     def rank0_parts() -> int:  # datasets, engine start-up (minutes for large models), logs
         from mmr1_mega.data.rl_dataset import RLDataset
         from mmr1_mega.data.tokenizer import load_processor

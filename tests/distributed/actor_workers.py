@@ -133,3 +133,22 @@ def checkpoint_when_rank0_cannot_write(hf_dir: str, out_dir: str, optim_kwargs: 
         "seconds": time.monotonic() - start,
         "complete": [p.name for p in complete_checkpoints(out_dir)],
     }
+
+
+def steps_with_offload_between(hf_dir: str, batches, loss_cfg, optim_kwargs, layout: str, offload: bool):
+    """GRPO steps with (or without) the colocation hand-off (offload, onload) before each; returns the
+    losses and the final weights of the first TP / DP rank."""
+    actor = _make_actor(AutoConfig.from_pretrained(hf_dir), hf_dir, layout, optim_kwargs, len(batches))
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    losses = []
+    for batch in batches:
+        if offload:
+            actor.offload()
+            grads_freed = all(b.grad_data.untyped_storage().size() == 0 for b in actor.model.buffers)
+            actor.onload()
+            assert grads_freed, "offload() did not free the gradient buffers"
+        m = actor.train_step(batch.select(list(range(dp_rank, len(batch), dp))), loss_cfg)
+        losses.append(m["loss"])
+    weights = dict(actor.hf_weights())
+    keep = ps.get_tensor_model_parallel_rank() == 0 and dp_rank == 0
+    return {"losses": losses, "weights": weights if keep else {}}

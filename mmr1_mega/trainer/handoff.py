@@ -1,0 +1,65 @@
+"""Colocation: the actor (and the KL reference) and the rollout engines share the accelerators. The
+order in which they hand memory to each other, in one place:
+
+    engine generates                      actor parked: parameters, gradients, optimizer state on the host
+    to_actor():    engine.release_memory()        weights + KV cache freed (every server)
+                   actor.onload(), reference.onload()
+    actor computes log-probs and trains
+    to_engine():   reference.offload(); actor.offload(keep_params=True)   gradients + optimizer state out
+                   engine.resume_memory()         the engine's memory back
+                   weight sync                    needs the actor's parameters on the device
+                   actor.offload()                parameters out too: the engine generates next
+
+The engine calls happen on rank 0 (its client lives there) as rank-0 phases, so no rank touches the
+memory before the engine has let it go. Each hand-off restores the state it found if it fails half way
+(`finally`), so an error leaves the actor usable (e.g. for an emergency checkpoint).
+Active only with colocated server engines (rollout.colocate and engine sglang / vllm); with the
+in-process local engine, or engines on GPUs of their own, the steps are plain calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mmr1_mega.distributed.comm import rank0_phase
+
+
+class Handoff:
+    """to_actor() before the actor computes, to_engine(sync) to sync and give the engine the memory."""
+
+    def __init__(self, run, cfg):
+        self.run = run
+        self.active = bool(cfg.rollout.colocate and cfg.rollout.engine != "local")
+
+    def _models(self):
+        return [m for m in (self.run.actor, self.run.reference) if m is not None]
+
+    def park(self) -> None:
+        """Before the engines start: everything of the actor and the reference to the host."""
+        if self.active:
+            for m in self._models():
+                m.offload()
+
+    def to_actor(self) -> None:
+        """The engine lets go of its memory; the actor and the reference come back to the device."""
+        if not self.active:
+            return
+        rank0_phase("engine releases memory", lambda: self.run.engine.release_memory())
+        for m in self._models():
+            m.onload()
+
+    def to_engine(self, sync: Callable[[], dict]) -> dict:
+        """Weights into the engine, which gets the memory back; returns sync's metrics."""
+        if not self.active:
+            return sync()
+        actor = self.run.actor
+        actor.onload()  # the sync reads the parameters (a no-op after training)
+        try:
+            if self.run.reference is not None:
+                self.run.reference.offload()
+            actor.offload(keep_params=True)
+            rank0_phase("engine resumes memory", lambda: self.run.engine.resume_memory())
+            metrics = sync()
+        finally:
+            actor.offload()
+        return metrics
