@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo_cpu.yaml"
+# shipped inside the package (examples/demo_cpu.yaml links to it), so an installed mmr1-mega runs the demo
+DEMO_CONFIG = Path(__file__).resolve().with_name("demo_cpu.yaml")
 
 
 def synthetic_config(cfg: dict, seed: int):
