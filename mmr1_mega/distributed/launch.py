@@ -42,6 +42,10 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs:
         # plain pickle copies tensors by value: torch's shared-memory reductions would need this
         # process alive when the parent unpickles
         result = pickle.dumps(fn(*args, **kwargs))
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # no rank tears its groups down while a peer may still read from them
+            dist.barrier()
         queue.put((rank, True, result))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         queue.put((rank, False, traceback.format_exc()))

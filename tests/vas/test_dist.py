@@ -43,6 +43,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "state_keys": sorted(dvas.state_dict()),
         }
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        # no rank tears its groups down while a peer may still be reading from it (gloo aborts then)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
