@@ -55,9 +55,8 @@ def check_logits(dry: bool) -> dict:
     from mmr1_mega.distributed.init import initialize_model_parallel
     from mmr1_mega.models.build import build_model, tensors_off_device
     from mmr1_mega.models.presets import qwen2_5_vl_config
-    from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
     from mmr1_mega.models.registry import get_family
-    from mmr1_mega.models.tiny import save_tiny_model, tiny_vl_batch
+    from mmr1_mega.models.tiny import megatron_inputs, save_tiny_model, tiny_vl_batch
     from mmr1_mega.models.weights import load_hf_weights
 
     initialize_model_parallel(1, 1)
@@ -85,20 +84,10 @@ def check_logits(dry: bool) -> dict:
                 model, family = build_model(hf_config, dtype=dtype)
                 load_hf_weights(model, d, family.weight_table(hf_config))
                 model.eval()
-                pos, _ = mrope_position_ids(
-                    batch["input_ids"],
-                    batch["input_ids"] == hf_config.image_token_id,
-                    batch["image_grid_thw"],
-                    hf_config.vision_config.spatial_merge_size,
-                    batch["attention_mask"],
-                )
+                args = {k: v.to(dev) for k, v in megatron_inputs(hf_config, batch).items()}
+                args["pixel_values"] = args["pixel_values"].to(torch_dtype)
                 with torch.no_grad():
-                    ours = model(
-                        input_ids=inputs["input_ids"],
-                        position_ids=pos.to(dev),
-                        pixel_values=inputs["pixel_values"],
-                        image_grid_thw=inputs["image_grid_thw"],
-                    ).float()
+                    ours = model(**args).float()
                 mask = inputs["attention_mask"].bool()
                 diff = (ours[mask] - ref[mask]).norm() / ref[mask].norm()
                 cases[f"{size}-{dtype}"] = {

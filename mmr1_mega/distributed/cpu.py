@@ -119,18 +119,19 @@ def _install_cpu_rng_tracker() -> Callable[[], None]:
 # --------------------------------------------------------------------------------------------------------
 # 2. torch.cuda.current_device(): megatron allocates buffers "on the current device".
 # --------------------------------------------------------------------------------------------------------
-def _install_current_device() -> Callable[[], None]:
-    saved = torch.cuda.current_device
-
-    def current_device():
-        return torch.device("cpu")
-
-    torch.cuda.current_device = current_device
+def _replace_in_torch_cuda(name: str, replacement: Callable) -> Callable[[], None]:
+    """Put `replacement` in place of torch.cuda.<name>; returns the function that puts the original back."""
+    saved = getattr(torch.cuda, name)
+    setattr(torch.cuda, name, replacement)
 
     def undo():
-        torch.cuda.current_device = saved
+        setattr(torch.cuda, name, saved)
 
     return undo
+
+
+def _install_current_device() -> Callable[[], None]:
+    return _replace_in_torch_cuda("current_device", lambda: torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -245,17 +246,7 @@ def _install_type_strings() -> Callable[[], None]:
 #    unconditionally; on CPU there is no device work to wait for, so a no-op covers both.
 # --------------------------------------------------------------------------------------------------------
 def _install_synchronize() -> Callable[[], None]:
-    saved = torch.cuda.synchronize
-
-    def synchronize(device=None):
-        return None
-
-    torch.cuda.synchronize = synchronize
-
-    def undo():
-        torch.cuda.synchronize = saved
-
-    return undo
+    return _replace_in_torch_cuda("synchronize", lambda device=None: None)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -283,17 +274,7 @@ _HOST_STREAM = _HostStream()
 
 
 def _install_current_stream() -> Callable[[], None]:
-    saved = torch.cuda.current_stream
-
-    def current_stream(device=None):
-        return _HOST_STREAM
-
-    torch.cuda.current_stream = current_stream
-
-    def undo():
-        torch.cuda.current_stream = saved
-
-    return undo
+    return _replace_in_torch_cuda("current_stream", lambda device=None: _HOST_STREAM)
 
 
 def _cite(path: str, text: str, v16: tuple[int, ...], v19: tuple[int, ...]) -> Cite:

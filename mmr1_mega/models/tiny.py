@@ -143,3 +143,23 @@ def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (
         "pixel_values": torch.randn(n_patches, patch_dim, generator=g),
         "image_grid_thw": torch.tensor(grids, dtype=torch.long),
     }
+
+
+def megatron_inputs(hf_config, batch: dict) -> dict:
+    """The QwenVLModel forward arguments for a transformers-style batch (tiny_vl_batch's keys): token ids,
+    3-D mrope positions computed from the image grids, pixel values and grids."""
+    from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
+
+    pos, _ = mrope_position_ids(
+        batch["input_ids"],
+        batch["input_ids"] == hf_config.image_token_id,
+        batch["image_grid_thw"],
+        hf_config.vision_config.spatial_merge_size,
+        batch["attention_mask"],
+    )
+    return dict(
+        input_ids=batch["input_ids"],
+        position_ids=pos,
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+    )

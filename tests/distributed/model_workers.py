@@ -20,7 +20,7 @@ from transformers import AutoConfig  # noqa: E402
 
 from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
 from mmr1_mega.models.build import build_model  # noqa: E402
-from mmr1_mega.models.qwen_vl.rope import mrope_position_ids  # noqa: E402
+from mmr1_mega.models.tiny import megatron_inputs  # noqa: E402
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights  # noqa: E402
 
 # name -> (tensor_parallel, pipeline_parallel, sequence_parallel)
@@ -33,20 +33,7 @@ LAYOUTS = {
 }
 
 
-def _model_inputs(hf_config, batch):
-    pos, _ = mrope_position_ids(
-        batch["input_ids"],
-        batch["input_ids"] == hf_config.image_token_id,
-        batch["image_grid_thw"],
-        hf_config.vision_config.spatial_merge_size,
-        batch["attention_mask"],
-    )
-    return dict(
-        input_ids=batch["input_ids"],
-        position_ids=pos,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-    )
+_model_inputs = megatron_inputs
 
 
 def _run(ddp, inputs, labels, mask, forward_only):

@@ -20,7 +20,7 @@ from transformers import AutoConfig  # noqa: E402
 
 from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
 from mmr1_mega.models.build import build_model  # noqa: E402
-from mmr1_mega.models.qwen_vl.rope import mrope_position_ids  # noqa: E402
+from mmr1_mega.models.tiny import megatron_inputs  # noqa: E402
 from mmr1_mega.models.weights import export_hf, load_hf_weights  # noqa: E402
 from mmr1_mega.rollout.local import LocalEngine  # noqa: E402
 from mmr1_mega.rollout.protocol import GenerationRequest  # noqa: E402
@@ -32,19 +32,7 @@ CORRUPTED = "model.layers.1.mlp.down_proj.weight"
 
 def _train_step(ddp, optimizer, hf_config, batch) -> None:
     """One real megatron step: forward-backward over the pipeline schedule, then Adam."""
-    pos, _ = mrope_position_ids(
-        batch["input_ids"],
-        batch["input_ids"] == hf_config.image_token_id,
-        batch["image_grid_thw"],
-        hf_config.vision_config.spatial_merge_size,
-        batch["attention_mask"],
-    )
-    inputs = dict(
-        input_ids=batch["input_ids"],
-        position_ids=pos,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
-    )
+    inputs = megatron_inputs(hf_config, batch)
     labels = torch.roll(batch["input_ids"], -1, dims=1)
     mask = batch["attention_mask"].float()
 
