@@ -130,3 +130,13 @@ def test_demo_config_grpo_section_validates(tmp_path):
     demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "demo_cpu.yaml").read_text())
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(demo["grpo"]))
     assert load_config(tmp_path / "g.yaml").rollout.engine == "local"
+
+
+@pytest.mark.parametrize("key", ["request_timeout_s", "server_timeout_s"])
+def test_rank0_waits_must_outlast_what_rank0_waits_for(key):
+    # the other ranks wait for rank 0's rollouts and engine start-up: a shorter wait gives up first
+    with pytest.raises(
+        ConfigError, match=rf"rollout.{key} \(20000 s\) must be below train.rank0_phase_timeout_s"
+    ):
+        load_config(None, [f"rollout.{key}=20000", "train.rank0_phase_timeout_s=10000"])
+    load_config(None, [f"rollout.{key}=5000", "train.rank0_phase_timeout_s=10000"])
