@@ -83,6 +83,9 @@ def _train(run, cfg: Config) -> dict:
 
     vas_step = [start]
     metrics: dict = {}
+    # what runs (the same every step): logged with each step's metrics
+    impl = {"impl/grpo_loss": loss_implementation(device())}
+    impl.update({f"impl/{k}": v for k, v in implementations().items()})
     run.progress(start)
     if start == 0 and cfg.train.val_every_steps and cfg.data.val_files:
 
@@ -143,8 +146,7 @@ def _train(run, cfg: Config) -> dict:
 
         # 6. validation, logs, checkpoint
         def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
-            metrics = dict(step_metrics) | {"impl/grpo_loss": loss_implementation(device())}
-            metrics.update({f"impl/{k}": v for k, v in implementations().items()})
+            metrics = dict(step_metrics) | impl
             metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
             metrics.update(_perf(t, batch, sync))
             if cfg.train.val_every_steps and (
@@ -165,6 +167,7 @@ def _train(run, cfg: Config) -> dict:
         stop = stop_requested_anywhere()  # SIGTERM / SIGUSR1 on any rank: checkpoint, then stop
         if due or stop:
             run.phase("checkpoint")
+            run.actor.onload()  # parked by a colocated hand-off: the state is saved from where it computes
             path = ckpt.save_checkpoint(
                 cfg.train.output_dir,
                 step,
@@ -175,6 +178,7 @@ def _train(run, cfg: Config) -> dict:
                 },
                 cfg.checkpoint.keep_last,
             )
+            handoff.park()
         if stop:
             raise Preempted(
                 f"stopped by {stop_signal() or 'a signal to another rank'} after step {step}: checkpoint "

@@ -10,9 +10,11 @@ order in which they hand memory to each other, in one place:
                    weight sync                    needs the actor's parameters on the device
                    actor.offload()                parameters out too: the engine generates next
 
+    checkpoint:    actor.onload(), save, park()   the state is saved from where it computes
+
 The engine calls happen on rank 0 (its client lives there) as rank-0 phases, so no rank touches the
-memory before the engine has let it go. Each hand-off restores the state it found if it fails half way
-(`finally`), so an error leaves the actor usable (e.g. for an emergency checkpoint).
+memory before the engine has let it go. to_engine() parks the actor in a `finally`, so a failed sync never
+leaves the actor holding the engine's memory.
 Active only with colocated server engines (rollout.colocate and engine sglang / vllm); with the
 in-process local engine, or engines on GPUs of their own, the steps are plain calls.
 """
@@ -35,7 +37,8 @@ class Handoff:
         return [m for m in (self.run.actor, self.run.reference) if m is not None]
 
     def park(self) -> None:
-        """Before the engines start: everything of the actor and the reference to the host."""
+        """Everything of the actor and the reference to the host: before the engines start, after a
+        checkpoint."""
         if self.active:
             for m in self._models():
                 m.offload()
