@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -52,6 +53,12 @@ def _save_real_width_model(cfg, out_dir, seed: int):
 
     torch.manual_seed(seed)
     hf = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    need = sum(p.numel() * p.element_size() for p in hf.parameters()) + (1 << 30)  # checkpoint + 1 GiB slack
+    free = shutil.disk_usage(out_dir).free
+    if free < need:  # say so before writing, not as a serialisation error half-way through the file
+        raise RuntimeError(
+            f"{out_dir}: {free / 2**30:.1f} GiB free, the checkpoint needs {need / 2**30:.1f} GiB"
+        )
     with torch.no_grad():  # transformers zero-initialises biases and sets norms to 1: make them random
         for p in hf.parameters():
             if p.dim() == 1:
@@ -82,7 +89,8 @@ def run(request, tmp_path_factory):
     if os.environ.get("MMR1_REAL_WIDTH_REPORT"):
         with open(os.environ["MMR1_REAL_WIDTH_REPORT"] + f".{size}.json", "w") as f:
             json.dump({"size": size, "tokens": batch["input_ids"].shape[1], "memory": report}, f, indent=1)
-    return {"cfg": cfg, "batch": batch, "results": results}
+    yield {"cfg": cfg, "batch": batch, "results": results}
+    shutil.rmtree(d, ignore_errors=True)  # GBs per size: gone before the next size (or job) writes its own
 
 
 @pytest.mark.parametrize("layout", ["tp1", "tp2", "tp2sp"])
