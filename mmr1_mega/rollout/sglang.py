@@ -8,7 +8,9 @@ Weights arrive either
 - disaggregated (servers on their own GPUs): each pipeline stage's leader opens an NCCL group with the
   servers' TP workers (/init_weights_update_group) and broadcasts each bucket as one flat buffer
   announced by /update_weights_from_distributed.
-Updates are bracketed by /pause_generation and /flush_cache + /continue_generation. A server found
+Updates are bracketed by /pause_generation + /begin_weight_update and /end_weight_update + /flush_cache +
+/continue_generation: SGLang 0.5.23 refuses tensor and distributed updates outside a begin ... end session
+(it restores in-place-packed weights at begin and re-packs them at end). A server found
 dead is restarted and marked stale: it gets no generation until the next full weight update reaches it.
 """
 
@@ -187,9 +189,22 @@ class SGLangEngine:
             return [f.result() for f in futures]
 
     def begin_update(self) -> None:
-        """Pause generation on every server (running requests are retracted and resume afterwards)."""
+        """Pause generation on every server (running requests are retracted and resume afterwards) and
+        open its weight-update session. A session a failed update left open is closed first."""
         self.restart_dead()
         self._each("/pause_generation", P.pause_payload("retract"))
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(self._begin_session, self.servers))
+
+    def _begin_session(self, server: SGLangServer) -> None:
+        try:
+            post(server.url, "/begin_weight_update", P.begin_update_payload(), self.timeout_s)
+        except EngineError as e:
+            if "already open" not in str(e):
+                raise
+            # the last update failed half-way: its session is still open; finish it, then start ours
+            post(server.url, "/end_weight_update", P.end_update_payload(), self.timeout_s)
+            post(server.url, "/begin_weight_update", P.begin_update_payload(), self.timeout_s)
 
     def update_weights(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
         """Send one bucket to every server (colocated: CUDA IPC payloads; else NCCL broadcast)."""
@@ -263,6 +278,7 @@ class SGLangEngine:
     def end_update(self) -> None:
         """Flush every server's prefix cache (it holds KV of the old weights) and resume generation.
         Every tensor was sent, so restarted servers are fresh again."""
+        self._each("/end_weight_update", P.end_update_payload())
         self._each("/flush_cache")
         self._each("/continue_generation", P.continue_payload())
         self.stale.clear()

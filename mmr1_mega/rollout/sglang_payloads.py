@@ -171,6 +171,16 @@ def destroy_group_payload(group_name: str = GROUP_NAME) -> dict:
     return {"group_name": group_name}
 
 
+def begin_update_payload(selector: str = "all") -> dict:
+    """BeginWeightUpdateReqInput: open the weight-update session (target and draft models)."""
+    return {"selector": selector}
+
+
+def end_update_payload() -> dict:
+    """EndWeightUpdateReqInput (no fields)."""
+    return {}
+
+
 def pause_payload(mode: str = "retract") -> dict:
     """PauseGenerationReqInput: retract keeps running requests (recomputed after the update)."""
     return {"mode": mode}

@@ -5,6 +5,9 @@ against SGLang's request types. Behaviours for the failure paths:
   --hang-health     never answer /health (start-up time-out)
   --exit-at-start   exit with code 3 at once (crash while starting)
   POST /_die        exit at once without answering (a crashed engine)
+Weight updates follow SGLang 0.5.23's session contract (scheduler_components/weight_updater.py):
+/update_weights_from_tensor and /update_weights_from_distributed answer 400 outside a /begin_weight_update
+... /end_weight_update session; a second begin, or an end without a begin, answers 400 too.
 Generation is deterministic: sample j of a row answers prompt[-1]+1+j, ... (max_new_tokens tokens,
 finish "length"), logprob -0.5 per token.
 """
@@ -55,6 +58,8 @@ def main() -> None:
         c = json.loads(config.read_text())
         vocab = c.get("text_config", {}).get("vocab_size") or c.get("vocab_size") or vocab
 
+    session = {"open": False}
+
     def log(path: str, body) -> None:
         with open(record, "a") as f:
             f.write(json.dumps({"path": path, "body": body, "pid": os.getpid()}) + "\n")
@@ -103,6 +108,26 @@ def main() -> None:
                         }
                     )
                 self._answer(200, rows)
+            elif self.path == "/begin_weight_update":
+                if session["open"]:
+                    msg = "a weight-update session is already open; call end_weight_update() first"
+                    self._answer(400, {"success": False, "message": msg})
+                else:
+                    session["open"] = True
+                    self._answer(200, {"success": True, "message": "Success"})
+            elif self.path == "/end_weight_update":
+                if not session["open"]:
+                    msg = "no weight-update session is open; call begin_weight_update() first"
+                    self._answer(400, {"success": False, "message": msg})
+                else:
+                    session["open"] = False
+                    self._answer(200, {"success": True, "message": "Success"})
+            elif (
+                self.path in ("/update_weights_from_tensor", "/update_weights_from_distributed")
+                and not session["open"]
+            ):
+                msg = f"{self.path[1:]} must run between begin_weight_update() and end_weight_update()"
+                self._answer(400, {"success": False, "message": msg})
             elif self.path in OK_PATHS:
                 self._answer(200, {"success": True, "message": "ok"})
             else:

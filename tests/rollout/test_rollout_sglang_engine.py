@@ -22,6 +22,8 @@ CLASSES = {
     "/generate": "GenerateReqInput",
     "/update_weights_from_tensor": "UpdateWeightsFromTensorReqInput",
     "/pause_generation": "PauseGenerationReqInput",
+    "/begin_weight_update": "BeginWeightUpdateReqInput",
+    "/end_weight_update": "EndWeightUpdateReqInput",
     "/continue_generation": "ContinueGenerationReqInput",
     "/flush_cache": "FlushCacheReqInput",
     "/release_memory_occupation": "ReleaseMemoryOccupationReqInput",
@@ -82,8 +84,10 @@ def test_a_weight_update_pauses_sends_every_bucket_to_every_server_then_flushes_
         paths = [c["path"] for c in _calls(tmp_path, s) if c["path"] != "/_start"]
         assert paths == [
             "/pause_generation",
+            "/begin_weight_update",
             "/update_weights_from_tensor",
             "/update_weights_from_tensor",
+            "/end_weight_update",
             "/flush_cache",
             "/continue_generation",
         ]
@@ -103,7 +107,30 @@ def test_every_body_sent_to_a_server_fits_sglang_request_types(engine, tmp_path)
             if c["path"] in CLASSES:
                 assert S.validate(c["body"], CLASSES[c["path"]]) == [], c["path"]
                 checked += 1
-    assert checked >= 2 * 7
+    assert checked >= 2 * 9
+
+
+def test_the_stand_in_refuses_an_update_outside_a_session_as_sglang_0_5_23_does(engine):
+    S.load_tensor_bucket_module()
+    with pytest.raises(EngineError, match="must run between begin_weight_update"):
+        engine.update_weights([("model.norm.weight", torch.randn(8))])
+
+
+def test_a_session_a_failed_update_left_open_is_closed_before_the_next_update(engine, tmp_path):
+    S.load_tensor_bucket_module()
+    engine.begin_update()  # ... and the update dies here: no end_update
+    engine.begin_update()  # the next step's update: begin answers "already open", is closed and reopened
+    engine.update_weights([("model.norm.weight", torch.randn(8))])
+    engine.end_update()
+    for s in engine.servers:
+        paths = [c["path"] for c in _calls(tmp_path, s) if "weight_update" in c["path"]]
+        assert paths == [
+            "/begin_weight_update",
+            "/begin_weight_update",
+            "/end_weight_update",
+            "/begin_weight_update",
+            "/end_weight_update",
+        ]
 
 
 def test_a_dead_server_is_restarted_marked_stale_and_fresh_again_after_a_full_update(engine, tmp_path):

@@ -97,6 +97,8 @@ def test_weight_update_bodies_fit_their_request_types():
     assert S.validate(P.init_group_payload("10.0.0.1", 29600, 1, 3), "InitWeightsUpdateGroupReqInput") == []
     assert S.validate(P.destroy_group_payload(), "DestroyWeightsUpdateGroupReqInput") == []
     assert S.validate(P.pause_payload(), "PauseGenerationReqInput") == []
+    assert S.validate(P.begin_update_payload(), "BeginWeightUpdateReqInput") == []
+    assert S.validate(P.end_update_payload(), "EndWeightUpdateReqInput") == []
     assert S.validate(P.continue_payload(), "ContinueGenerationReqInput") == []
     for cls in ("ReleaseMemoryOccupationReqInput", "ResumeMemoryOccupationReqInput"):
         assert (
