@@ -9,9 +9,9 @@ Qwen2_5_VLProcessor's constructor and AutoProcessor both require a video process
 torchvision (not installable here: PyPI torchvision pins a newer, CUDA torch). load_processor therefore builds
 ImageOnlyQwen2_5_VLProcessor: the same class with no video processor, so its __call__ (placeholder
 expansion, mm_token_type_ids) is transformers' own code. Folders saved by build_processor name
-"Qwen2_5_VLProcessor" as processor_class but hold no video processor config, so AutoProcessor cannot load
-them (with or without torchvision); load_processor can, and it uses AutoProcessor for full Qwen checkpoints
-where torchvision is installed.
+"Qwen2_5_VLProcessor" as processor_class and hold a video processor config written as JSON (the fields of
+transformers' Qwen2VLVideoProcessor), so where torchvision is installed (the rollout engines' environments)
+AutoProcessor loads them as it loads a released Qwen checkpoint; load_processor uses AutoProcessor there too.
 """
 
 from __future__ import annotations
@@ -141,7 +141,36 @@ def build_processor(
     os.makedirs(out_dir, exist_ok=True)
     processor.save_pretrained(out_dir)
     _fix_processor_class(out_dir)
+    write_video_processor_config(out_dir, image_processor)
     return processor
+
+
+def write_video_processor_config(out_dir: str, image_processor: Any) -> None:
+    """video_preprocessor_config.json for Qwen2VLVideoProcessor (transformers 5.x field names), with the image
+    processor's patch sizes, normalisation and pixel bounds: what AutoProcessor (vLLM, SGLang) needs to load a
+    Qwen2.5-VL processor folder. Written as JSON because the class itself needs torchvision to exist."""
+    ip = image_processor
+    size = getattr(ip, "size", None) or {}
+    config = {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "size": {"shortest_edge": size.get("shortest_edge"), "longest_edge": size.get("longest_edge")},
+        "patch_size": ip.patch_size,
+        "temporal_patch_size": ip.temporal_patch_size,
+        "merge_size": ip.merge_size,
+        "image_mean": list(ip.image_mean),
+        "image_std": list(ip.image_std),
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_sample_frames": False,
+        "min_frames": 4,
+        "max_frames": 768,
+    }
+    with open(os.path.join(out_dir, "video_preprocessor_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def load_processor(

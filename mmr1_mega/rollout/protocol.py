@@ -126,3 +126,18 @@ class Engine(Protocol):
     def shutdown(self) -> None:
         """Stop the engine and free everything it holds."""
         ...
+
+
+def image_prompt_ids(prompt_ids: Sequence[int], image_token_id: int) -> tuple[list[int], int]:
+    """The prompt with each run of image placeholder tokens collapsed to one placeholder, and the number of
+    images (runs). vLLM and SGLang take prompts this way: their Qwen-VL processors expand each placeholder
+    into one token per merged patch themselves (an expanded prompt would be expanded again)."""
+    out: list[int] = []
+    images = 0
+    for t in prompt_ids:
+        if t == image_token_id:
+            if out and out[-1] == image_token_id:
+                continue
+            images += 1
+        out.append(int(t))
+    return out, images

@@ -17,7 +17,6 @@ dead is restarted and marked stale: it gets no generation until the next full we
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +24,7 @@ import torch
 
 from mmr1_mega.rollout import sglang_payloads as P
 from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+from mmr1_mega.rollout.server import ServerEngine
 from mmr1_mega.rollout.sglang_server import SGLangServer, post
 
 
@@ -60,14 +60,26 @@ def serialize_flattened_bucket(bucket: Sequence[tuple[str, torch.Tensor]], tp_si
     return out
 
 
-class SGLangEngine:
-    """The Engine protocol over SGLang servers.
+def _image_token_id(server: SGLangServer) -> int | None:
+    """The model's image placeholder id from its folder's config.json (None when there is none)."""
+    from mmr1_mega.rollout.server import model_facts
+
+    try:
+        return model_facts(server.model_path)["image_token_id"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class SGLangEngine(ServerEngine):
+    """The Engine protocol over SGLang servers (lifecycle, restarts and the spreading of generation are
+    ServerEngine's).
 
     servers: the SGLangServer processes this client manages (started by launch(), restarted when dead);
     router_url: send generation to an sglang-router in front of them instead of round-robin;
     colocated: weights by CUDA IPC (True) or by NCCL broadcast (False); stage: the pipeline stage this
     client's sync leader serves (disaggregated groups are per stage); master_address / master_port:
-    where this leader's NCCL group rendezvous (disaggregated).
+    where this leader's NCCL group rendezvous (disaggregated); image_token_id: the model's image
+    placeholder (read from the model folder when not given).
     """
 
     def __init__(
@@ -80,113 +92,47 @@ class SGLangEngine:
         master_port: int | None = None,
         timeout_s: float = 600.0,
         request_timeout_s: float = 3600.0,
+        image_token_id: int | None = None,
     ):
-        if not servers:
-            raise ValueError("SGLangEngine needs at least one server")
-        self.servers = list(servers)
+        super().__init__(servers, timeout_s, request_timeout_s)
+        self.image_token_id = image_token_id if image_token_id is not None else _image_token_id(servers[0])
         self.router_url = router_url
         self.colocated = colocated
         self.stage = stage
         self.master_address, self.master_port = master_address, master_port
-        self.timeout_s, self.request_timeout_s = timeout_s, request_timeout_s
-        self.stale: set[int] = set()  # servers restarted since the last full update
-        self._next = itertools.count()
         self._group = None
-        self._lock = threading.Lock()
 
-    # ---- lifecycle -----------------------------------------------------------------------------------
-
-    def launch(self) -> SGLangEngine:
-        """Start every server and wait for all to be healthy (each within timeout_s). Returns self."""
-        for s in self.servers:
-            s.start()
-        try:
-            for s in self.servers:
-                s.wait_healthy(self.timeout_s)
-        except EngineError:
-            self.shutdown()
-            raise
-        return self
-
-    def restart_dead(self) -> list[int]:
-        """Restart every server whose process died or whose /health fails; returns their indices.
-
-        Restarted servers hold the checkpoint's weights, not the actor's: they are stale (get no
-        generation) until the next weight update, which always sends every tensor.
-        """
-        restarted = []
-        for i, s in enumerate(self.servers):
-            if not s.alive() or not s.healthy():
-                s.restart(self.timeout_s)
-                self.stale.add(i)
-                restarted.append(i)
-        if restarted and not self.colocated:
-            self._group = None  # the new workers are not in the old NCCL group
-        return restarted
-
-    def health(self) -> bool:
-        """True when every server answers /health."""
-        return all(s.healthy() for s in self.servers)
-
-    def shutdown(self) -> None:
-        """Stop every server this client launched."""
-        for s in self.servers:
-            s.stop()
-
-    # ---- generation ----------------------------------------------------------------------------------
+    engine = "SGLang"
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[GenerationOutput]]:
-        """Split the requests over the fresh servers (round-robin, contiguous chunks) or send them to
-        the router; a server that fails is restarted and its chunk retried once on another.
-        Raises EngineError when no fresh server is left."""
-        P.generate_payload(requests)  # raises ValueError for a bad request before anything is sent
-        if self.router_url is not None:
-            answer = post(self.router_url, "/generate", P.generate_payload(requests), self.request_timeout_s)
-            return P.parse_generate_response(answer, requests)
-        fresh = [i for i in range(len(self.servers)) if i not in self.stale]
-        if not fresh:
-            raise EngineError(
-                "every SGLang server was restarted since the last weight update: sync weights first"
-            )
-        m = min(len(fresh), len(requests))
-        first = next(self._next)
-        indices = [list(range(k, len(requests), m)) for k in range(m)]
-        targets = [fresh[(first + k) % len(fresh)] for k in range(m)]
-        out: list = [None] * len(requests)
-        with ThreadPoolExecutor(max(m, 1)) as pool:
-            futures = [
-                pool.submit(self._generate_on, t, [requests[i] for i in idx])
-                for t, idx in zip(targets, indices)
-            ]
-            for idx, f in zip(indices, futures):
-                for i, samples in zip(idx, f.result()):
-                    out[i] = samples
-        return out
+        """To the router when there is one, else spread over the fresh servers (ServerEngine.generate)."""
+        if self.router_url is None:
+            return super().generate(requests)
+        self._check_requests(requests)
+        answer = post(
+            self.router_url,
+            "/generate",
+            P.generate_payload(requests, self.image_token_id),
+            self.request_timeout_s,
+        )
+        return P.parse_generate_response(answer, requests)
 
-    def _generate_on(self, index: int, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
-        server = self.servers[index]
-        try:
-            answer = post(server.url, "/generate", P.generate_payload(requests), self.request_timeout_s)
-            return P.parse_generate_response(answer, requests)
-        except EngineError:
-            if server.alive() and server.healthy():
-                raise  # the server is fine: the request itself failed
-            with self._lock:
-                self.restart_dead()
-                others = [i for i in range(len(self.servers)) if i not in self.stale]
-            if not others:
-                raise
-            retry = self.servers[others[0]]
-            return P.parse_generate_response(
-                post(retry.url, "/generate", P.generate_payload(requests), self.request_timeout_s), requests
-            )
+    def _send(self, server: SGLangServer, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
+        answer = post(
+            server.url, "/generate", P.generate_payload(requests, self.image_token_id), self.request_timeout_s
+        )
+        return P.parse_generate_response(answer, requests)
+
+    def _check_requests(self, requests: Sequence[GenerationRequest]) -> None:
+        P.generate_payload(
+            requests, self.image_token_id
+        )  # raises ValueError for a bad request before anything is sent
+
+    def _on_restart(self) -> None:
+        if not self.colocated:
+            self._group = None  # the new workers are not in the old NCCL group
 
     # ---- weights -------------------------------------------------------------------------------------
-
-    def _each(self, path: str, body: dict | None = None) -> list:
-        with ThreadPoolExecutor(len(self.servers)) as pool:
-            futures = [pool.submit(post, s.url, path, body, self.request_timeout_s) for s in self.servers]
-            return [f.result() for f in futures]
 
     def begin_update(self) -> None:
         """Pause generation on every server (running requests are retracted and resume afterwards) and

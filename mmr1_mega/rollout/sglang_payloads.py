@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, image_prompt_ids
 
 SGLANG_VERSION = "0.5.23"
 GROUP_NAME = "mmr1_weight_update"
@@ -51,11 +51,14 @@ def sampling_params(r: GenerationRequest, sample: int) -> dict:
     return params
 
 
-def generate_payload(requests: Sequence[GenerationRequest]) -> dict:
-    """A batched GenerateReqInput body: each request's prompt repeated n times, one row per sample.
+def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int | None = None) -> dict:
+    """A batched GenerateReqInput body: each request's prompt repeated n times, one row per sample. A
+    prompt with images is sent with one placeholder (image_token_id) per image: SGLang's Qwen-VL processor
+    expands each itself (protocol.image_prompt_ids).
 
-    Raises ValueError for a request SGLang's /generate cannot take (messages, or images only given as
-    processed pixel_values: SGLang processes images itself and needs GenerationRequest.images).
+    Raises ValueError for a request SGLang's /generate cannot take (messages, images only given as
+    processed pixel_values: SGLang processes images itself and needs GenerationRequest.images, or
+    placeholders that do not match the images).
     """
     input_ids, images, params = [], [], []
     for r in requests:
@@ -68,8 +71,18 @@ def generate_payload(requests: Sequence[GenerationRequest]) -> dict:
                 "(paths, URLs or PIL images) along with the prompt ids"
             )
         row_images = [_image_item(im) for im in (r.images or [])]
+        ids = list(r.prompt_ids)
+        if row_images:
+            if image_token_id is None:
+                raise ValueError("a request with images needs the model's image_token_id")
+            ids, n_images = image_prompt_ids(ids, image_token_id)
+            if n_images != len(row_images):
+                raise ValueError(
+                    f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the "
+                    f"request carries {len(row_images)} image(s)"
+                )
         for i in range(r.n):
-            input_ids.append(list(r.prompt_ids))
+            input_ids.append(ids)
             images.append(row_images or None)
             params.append(sampling_params(r, i))
     body = {
@@ -99,6 +112,13 @@ def parse_generate_response(answer, requests: Sequence[GenerationRequest]) -> li
         samples = []
         for row in rows[k : k + r.n]:
             meta = row.get("meta_info", {})
+            if r.images and meta.get("prompt_tokens") not in (None, len(r.prompt_ids)):
+                raise EngineError(
+                    f"SGLang expanded the prompt's images to {meta['prompt_tokens']} prompt tokens, the "
+                    f"trainer to {len(r.prompt_ids)}: the engine's image processor resizes differently (set "
+                    "the model folder's preprocessor min_pixels / max_pixels to the run's data.min_pixels / "
+                    "max_pixels)"
+                )
             reason = (meta.get("finish_reason") or {}).get("type")
             if reason not in ("stop", "length"):
                 raise EngineError(f"SGLang finished a sample with {meta.get('finish_reason')!r}")

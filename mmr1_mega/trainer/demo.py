@@ -48,13 +48,9 @@ def synthetic_config(cfg: dict, seed: int):
 
 def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     """Write the task data, the processor and the initial tiny model; returns (model dir, data paths)."""
-    import torch
-
     from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
     from mmr1_mega.data.synthetic import generate, synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
-    from mmr1_mega.models.registry import get_family
-    from mmr1_mega.models.tiny import tiny_hf_config
 
     s = cfg["synthetic"]
     paths = generate(str(out / "data"), synthetic_config(cfg, seed))
@@ -66,13 +62,24 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
         corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         vocab_size=s["vocab_size"],
     )
-    tok = processor.tokenizer
+    save_tiny_vl_model(model_dir, processor.tokenizer, cfg["model"], seed)
+    return model_dir, paths
+
+
+def save_tiny_vl_model(model_dir, tok, m: dict, seed: int):
+    """A random tiny Qwen2.5-VL-architecture model of the sizes in `m` (the demo config's `model` section)
+    whose vocabulary and special tokens are those of tokenizer `tok`, saved to model_dir beside the
+    processor. Returns the transformers model."""
+    import torch
+
+    from mmr1_mega.models.registry import get_family
+    from mmr1_mega.models.tiny import tiny_hf_config
+
     ids = {
         t: tok.convert_tokens_to_ids(t)
         for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
     }
     vocab = -(-len(tok) // 8) * 8  # divisible by any demo TP size
-    m = cfg["model"]
     hf_cfg = tiny_hf_config(
         model_type="qwen2_5_vl",
         vocab_size=vocab,
@@ -101,7 +108,7 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
     model.generation_config.pad_token_id = pad
     model.generation_config.bos_token_id = None
     model.save_pretrained(model_dir)
-    return model_dir, paths
+    return model
 
 
 def plot_curves(metrics_file: Path, sft_metrics_file: Path | None, out_png: Path) -> Path:

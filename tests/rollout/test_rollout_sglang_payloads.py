@@ -30,12 +30,17 @@ def _requests(g: torch.Generator) -> list[GenerationRequest]:
             stop_token_ids=[2],
             seed=4,
         ),
-        GenerationRequest(prompt_ids=ids[1], n=2, temperature=0.0, images=["/data/a.png", b"\x89PNG"]),
+        GenerationRequest(
+            prompt_ids=ids[1][:3] + [3, 5, 5, 5, 4] + ids[1][3:6] + [3, 5, 5, 4] + ids[1][6:],
+            n=2,
+            temperature=0.0,
+            images=["/data/a.png", b"\x89PNG"],
+        ),
     ]
 
 
 def test_generate_body_fits_generate_req_input_and_sampling_params():
-    body = P.generate_payload(_requests(torch.Generator().manual_seed(1)))
+    body = P.generate_payload(_requests(torch.Generator().manual_seed(1)), image_token_id=5)
     assert S.validate(body, "GenerateReqInput") == []
     for params in body["sampling_params"]:
         assert S.validate(params, "SamplingParams", S.SAMPLING) == []
@@ -43,8 +48,11 @@ def test_generate_body_fits_generate_req_input_and_sampling_params():
 
 def test_generate_body_has_one_row_per_sample_with_distinct_seeds():
     reqs = _requests(torch.Generator().manual_seed(2))
-    body = P.generate_payload(reqs)
-    assert body["input_ids"] == [reqs[0].prompt_ids] * 3 + [reqs[1].prompt_ids] * 2
+    body = P.generate_payload(reqs, image_token_id=5)
+    # one placeholder per image: SGLang expands each itself
+    p = reqs[1].prompt_ids
+    collapsed = p[:3] + [3, 5, 4] + p[8:11] + [3, 5, 4] + p[15:]
+    assert body["input_ids"] == [reqs[0].prompt_ids] * 3 + [collapsed] * 2
     assert [p.get("sampling_seed") for p in body["sampling_params"]] == [4, 5, 6, None, None]
     assert body["image_data"][:3] == [None] * 3
     assert (
@@ -58,6 +66,33 @@ def test_generate_refuses_processed_images_without_raw_ones():
     )
     with pytest.raises(ValueError, match="pass the raw images"):
         P.generate_payload([r])
+
+
+def test_image_placeholders_must_match_the_images():
+    reqs = _requests(torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="image_token_id"):
+        P.generate_payload(reqs)
+    reqs[1].images = reqs[1].images[:1]
+    with pytest.raises(ValueError, match=r"2 image placeholder\(s\) \(token 5\) but the request carries 1"):
+        P.generate_payload(reqs, image_token_id=5)
+
+
+def test_an_engine_that_expands_images_differently_is_reported():
+    r = GenerationRequest(prompt_ids=[9, 3, 5, 5, 4, 10], images=[b"\x89PNG"])
+    row = {
+        "output_ids": [7],
+        "meta_info": {
+            "prompt_tokens": 9,
+            "finish_reason": {"type": "length"},
+            "output_token_logprobs": [[-1.0, 7, None]],
+        },
+    }
+    with pytest.raises(
+        EngineError, match="expanded the prompt's images to 9 prompt tokens, the trainer to 6"
+    ):
+        P.parse_generate_response([row], [r])
+    row["meta_info"]["prompt_tokens"] = 6
+    assert P.parse_generate_response([row], [r])[0][0].token_ids == [7]
 
 
 def test_generate_answer_is_parsed_into_n_outputs_per_request():
