@@ -37,8 +37,8 @@ def post(
     engine: str = "SGLang",
     params: dict | None = None,
 ):
-    """POST a JSON body to url+path (params: its query string); returns the decoded JSON answer (None if
-    empty).
+    """POST a JSON body to url+path (params: its query string); returns the decoded JSON answer (its text
+    when it is not JSON, None if empty).
 
     Raises EngineError when the server cannot be reached, answers an HTTP error, or reports
     {"success": false}. engine names the server in the message.
@@ -51,7 +51,10 @@ def post(
         raise EngineError(f"{engine} server {url} did not answer {path}: {e}") from e
     if resp.status_code != 200:
         raise EngineError(f"{engine} server {url}{path} answered {resp.status_code}: {resp.text[:500]}")
-    answer = resp.json() if resp.content else None
+    try:
+        answer = resp.json() if resp.content else None
+    except ValueError:  # some endpoints answer plain text (SGLang's /flush_cache: "Cache flushed.")
+        answer = resp.text
     if isinstance(answer, dict) and answer.get("success") is False:
         raise EngineError(f"{engine} server {url}{path} failed: {answer.get('message')}")
     return answer
@@ -81,6 +84,8 @@ class EngineServer:
     launcher: list[str] = field(default_factory=list)
     log_path: str | None = None
     env: dict = field(default_factory=dict)
+    # a server someone else runs (e.g. started by the SLURM script): used, never started, stopped or restarted
+    external: bool = False
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -96,7 +101,9 @@ class EngineServer:
         raise NotImplementedError
 
     def start(self) -> None:
-        """Start the process (not waiting for it to be healthy)."""
+        """Start the process (not waiting for it to be healthy). An external server is only checked."""
+        if self.external:
+            return
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
@@ -109,7 +116,9 @@ class EngineServer:
         _LIVE[id(self)] = weakref.ref(self)
 
     def alive(self) -> bool:
-        """True while the process runs."""
+        """True while the process runs (an external server: while it answers /health)."""
+        if self.external:
+            return self.healthy()
         return self.process is not None and self.process.poll() is None
 
     def healthy(self, timeout_s: float = 5.0) -> bool:
@@ -159,7 +168,12 @@ class EngineServer:
         _LIVE.pop(id(self), None)
 
     def restart(self, timeout_s: float = 600.0) -> float:
-        """Stop (if running) and start again; returns the seconds until healthy."""
+        """Stop (if running) and start again; returns the seconds until healthy. An external server cannot
+        be restarted from here: EngineError."""
+        if self.external:
+            raise EngineError(
+                f"the external {self.engine} server {self.url} is down: restart it where it runs"
+            )
         self.stop()
         self.start()
         return self.wait_healthy(timeout_s)
@@ -196,7 +210,25 @@ def model_facts(model_path: str | os.PathLike) -> dict:
     text = c.get("text_config") or c
     heads = text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (text["hidden_size"] // heads if heads else None)
-    return {"image_token_id": c.get("image_token_id"), "head_dim": head_dim}
+    return {
+        "image_token_id": c.get("image_token_id"),
+        "head_dim": head_dim,
+        "vocab_size": text.get("vocab_size"),
+    }
+
+
+def check_token_ids(requests: Sequence, vocab_size: int | None) -> None:
+    """Raise ValueError naming the request when a prompt holds a token id outside [0, vocab_size): SGLang
+    0.5.23 drops the connection on one instead of answering an error."""
+    if vocab_size is None:
+        return
+    for k, r in enumerate(requests):
+        ids = r.prompt_ids or []
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(
+                f"request {k}: prompt token id {bad[0]} is outside the model's vocabulary (size {vocab_size})"
+            )
 
 
 def default_log_path(port: int, engine: str = "sglang") -> str:
@@ -221,6 +253,10 @@ class ServerEngine:
         self.stale: set[int] = set()  # servers restarted since the last full update
         self._next = itertools.count()
         self._lock = threading.Lock()
+        try:
+            self.vocab_size = model_facts(self.servers[0].model_path)["vocab_size"]
+        except (OSError, KeyError, ValueError):  # no readable config: the server's own checks only
+            self.vocab_size = None
 
     # ---- to override -----------------------------------------------------------------------------------
 
@@ -232,6 +268,7 @@ class ServerEngine:
         """Raise ValueError for a request this engine cannot serve, before anything is sent."""
         for r in requests:
             r.validate()
+        check_token_ids(requests, self.vocab_size)
 
     def _on_restart(self) -> None:
         """A server was restarted: drop what referred to its old process (e.g. a weight-update group)."""

@@ -38,6 +38,12 @@ def serialize_flattened_bucket(bucket: Sequence[tuple[str, torch.Tensor]], tp_si
 
     from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata
 
+    if any(not t.is_cuda for _, t in bucket):
+        # CPU tensors travel as shared-memory files; with torch's default file-descriptor strategy SGLang's
+        # scheduler fails to receive them ("digest sent was rejected") and dies
+        import torch.multiprocessing
+
+        torch.multiprocessing.set_sharing_strategy("file_system")
     if any(t.is_cuda for _, t in bucket):
         # SGLang rebuilds CUDA IPC tensors by device uuid; its sender-side patch writes them
         from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
@@ -124,9 +130,8 @@ class SGLangEngine(ServerEngine):
         return P.parse_generate_response(answer, requests)
 
     def _check_requests(self, requests: Sequence[GenerationRequest]) -> None:
-        P.generate_payload(
-            requests, self.image_token_id
-        )  # raises ValueError for a bad request before anything is sent
+        super()._check_requests(requests)
+        P.generate_payload(requests, self.image_token_id)  # ValueError for a bad request, before sending
 
     def _on_restart(self) -> None:
         if not self.colocated:
@@ -224,9 +229,11 @@ class SGLangEngine(ServerEngine):
     def end_update(self) -> None:
         """Flush every server's prefix cache (it holds KV of the old weights) and resume generation.
         Every tensor was sent, so restarted servers are fresh again."""
-        self._each("/end_weight_update", P.end_update_payload())
-        self._each("/flush_cache")
-        self._each("/continue_generation", P.continue_payload())
+        try:
+            self._each("/end_weight_update", P.end_update_payload())
+            self._each("/flush_cache")
+        finally:  # a paused server answers nothing, not even /health: always resume
+            self._each("/continue_generation", P.continue_payload())
         self.stale.clear()
 
     def flush_cache(self) -> None:

@@ -83,7 +83,7 @@ def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int 
                 )
         for i in range(r.n):
             input_ids.append(ids)
-            images.append(row_images or None)
+            images.append(row_images)  # [] for a row without images: SGLang 0.5.23 refuses None beside lists
             params.append(sampling_params(r, i))
     body = {
         "input_ids": input_ids,

@@ -13,12 +13,27 @@ __all__ = ["SGLangServer", "default_log_path", "post"]
 
 @dataclass
 class SGLangServer(EngineServer):
-    """An SGLang server; launcher defaults to `python -m sglang.launch_server` of this interpreter."""
+    """An SGLang server; launcher defaults to `python -m sglang.launch_server` of this interpreter.
+
+    deterministic: --enable-deterministic-inference, without which SGLang ignores a request's sampling
+    seed (sglang/srt/sampling/sampling_batch_info.py): seeded samples repeat only with it. It restricts
+    the attention backends to batch-invariant ones, so it costs throughput on GPUs.
+    """
 
     engine = "SGLang"
+    deterministic: bool = False
 
     def default_launcher(self) -> list[str]:
         return [sys.executable, "-m", "sglang.launch_server"]
+
+    def start(self) -> None:
+        # logprobs of the unprocessed logits (GRPO's old_logp), not of the temperature-scaled ones SGLang
+        # returns by default (srt/layers/sampler.py)
+        # SGLANG_VLM_CACHE_SIZE_MB=0: SGLang 0.5.23 caches vision-tower outputs by image hash and neither
+        # /flush_cache nor a weight update clears that cache, so an image seen before an update would keep
+        # the old tower's embeddings (seen in tests/engines). Without it each sample's image is encoded again.
+        self.env = {"SGLANG_RETURN_ORIGINAL_LOGPROB": "1", "SGLANG_VLM_CACHE_SIZE_MB": "0", **self.env}
+        super().start()
 
     def command(self) -> list[str]:
         """The server's argv (flags of sglang.srt.server_args, 0.5.23)."""
@@ -43,4 +58,6 @@ class SGLangServer(EngineServer):
             args.append("--enable-memory-saver")
         if self.seed is not None:
             args += ["--random-seed", str(self.seed)]
+        if self.deterministic:
+            args.append("--enable-deterministic-inference")
         return [*(self.launcher or self.default_launcher()), *args, *self.extra_args]

@@ -140,6 +140,7 @@ class VLLMEngine(ServerEngine):
     # ---- generation ------------------------------------------------------------------------------------
 
     def _check_requests(self, requests: Sequence[GenerationRequest]) -> None:
+        super()._check_requests(requests)
         for r in requests:
             P.generate_payload(r, self.image_token_id)  # ValueError before anything is sent
 

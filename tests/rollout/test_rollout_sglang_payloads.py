@@ -54,7 +54,7 @@ def test_generate_body_has_one_row_per_sample_with_distinct_seeds():
     collapsed = p[:3] + [3, 5, 4] + p[8:11] + [3, 5, 4] + p[15:]
     assert body["input_ids"] == [reqs[0].prompt_ids] * 3 + [collapsed] * 2
     assert [p.get("sampling_seed") for p in body["sampling_params"]] == [4, 5, 6, None, None]
-    assert body["image_data"][:3] == [None] * 3
+    assert body["image_data"][:3] == [[]] * 3
     assert (
         body["image_data"][3][0] == "/data/a.png" and base64.b64decode(body["image_data"][3][1]) == b"\x89PNG"
     )
