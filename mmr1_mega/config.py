@@ -109,6 +109,13 @@ class RolloutConfig:
     # the argv that starts one server, before its flags (default: python -m sglang.launch_server); e.g. a
     # container wrapper
     server_launcher: list[str] = field(default_factory=list)
+    server_args: list[str] = field(default_factory=list)  # more flags for every engine server
+    server_env: dict = field(default_factory=dict)  # more environment variables for every engine server
+    # SGLang: --enable-deterministic-inference, without which it ignores sampling seeds (GPU attention
+    # backends only; costs throughput)
+    deterministic: bool = False
+    # vLLM: where weight-update shards are written for the servers to reload (default /dev/shm)
+    weight_dir: str = ""
     server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
     request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
 
@@ -123,7 +130,7 @@ class RolloutConfig:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
         if self.server_timeout_s <= 0 or self.request_timeout_s <= 0:
             raise ConfigError("rollout.server_timeout_s and rollout.request_timeout_s must be > 0")
-        if self.engine == "sglang" and not self.colocate:
+        if self.engine in ("sglang", "vllm") and not self.colocate:
             need = self.num_engines * self.engine_tensor_parallel
             if len(self.engine_gpus) != need or len(set(self.engine_gpus)) != need:
                 raise ConfigError(
@@ -205,6 +212,9 @@ class LogConfig:
     wandb_project: str = "mmr1-mega"
     tensorboard: bool = True
     console_every_steps: int = 1
+    # rollout/logp_mismatch_*: the engine's log-probs of its samples vs the actor's (algo/mismatch.py); at a
+    # sampling temperature other than 1 this costs one more actor forward per step
+    engine_mismatch: bool = True
 
     def validate(self) -> None:
         if self.wandb not in ("auto", "online", "offline", "off"):

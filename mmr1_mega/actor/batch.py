@@ -24,7 +24,15 @@ import torch
 from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
 
 PER_SEQUENCE = ("rewards", "group_ids", "advantages")
-PER_TOKEN = ("input_ids", "attention_mask", "response_mask", "image_mask", "old_logp", "ref_logp")
+PER_TOKEN = (
+    "input_ids",
+    "attention_mask",
+    "response_mask",
+    "image_mask",
+    "old_logp",
+    "ref_logp",
+    "engine_logp",
+)
 
 
 @dataclass
@@ -42,6 +50,8 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    # the rollout engine's raw log-prob of each response token (aligned with input_ids; 0 elsewhere)
+    engine_logp: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

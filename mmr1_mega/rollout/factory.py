@@ -19,55 +19,100 @@ def make_engine(
     directory model_path. device / dtype: for the local engine; stage / master_port: the pipeline stage a
     disaggregated SGLang client serves and its NCCL rendezvous port.
 
-    Raises EngineError when the engine cannot start (e.g. SGLang not installed, a server not healthy
-    within cfg.server_timeout_s) or for the vLLM engine, which is not implemented yet.
+    device: "cpu" runs the engines' CPU builds. Raises EngineError when the engine cannot start (e.g. the engine not installed and no
+    server_launcher, a model vLLM cannot serve on this device, a server not healthy within
+    cfg.server_timeout_s).
     """
     if cfg.engine == "local":
         from mmr1_mega.rollout.local import LocalEngine
 
         return LocalEngine(model_path, device=device, dtype=dtype)
-    if cfg.engine == "sglang":
-        import importlib.util
+    if cfg.engine not in ("sglang", "vllm"):
+        raise EngineError(f"rollout.engine={cfg.engine!r}: use local, sglang or vllm")
+    import importlib.util
 
-        if importlib.util.find_spec("sglang") is None:
-            raise EngineError("rollout.engine=sglang needs SGLang: pip install 'mmr1-mega[sglang]'")
-        from mmr1_mega.distributed.init import free_port
-        from mmr1_mega.rollout.sglang import SGLangEngine
-        from mmr1_mega.rollout.sglang_server import SGLangServer, default_log_path
+    module = "sglang" if cfg.engine == "sglang" else "vllm"
+    if not cfg.server_launcher and importlib.util.find_spec(module) is None:
+        raise EngineError(
+            f"rollout.engine={cfg.engine} needs {module} here (pip install 'mmr1-mega[{cfg.engine}]'), or "
+            f"rollout.server_launcher naming the python of an environment that has it "
+            f"(e.g. [.venv-{cfg.engine}/bin/python, -m, "
+            + ("sglang.launch_server" if cfg.engine == "sglang" else "vllm.entrypoints.openai.api_server")
+            + f"] after `bash scripts/engine_env.sh {cfg.engine}`)"
+        )
+    from mmr1_mega.distributed.init import free_port
+    from mmr1_mega.rollout.server import default_log_path
 
-        tp = cfg.engine_tensor_parallel
-        if not cfg.colocate:
-            check_engine_gpus(cfg.engine_gpus, actor_gpus_on_this_node())
+    tp = cfg.engine_tensor_parallel
+    if not cfg.colocate:
+        check_engine_gpus(cfg.engine_gpus, actor_gpus_on_this_node())
+    common = dict(
+        tp_size=tp,
+        mem_fraction=cfg.mem_fraction,
+        dtype=ENGINE_DTYPES.get(dtype, dtype),
+        colocated=cfg.colocate,
+        device="cpu" if device == "cpu" else "cuda",
+        extra_args=[str(a) for a in cfg.server_args],  # YAML may have parsed a flag's value as a number
+        env={str(k): str(v) for k, v in cfg.server_env.items()},
+        **({"launcher": list(cfg.server_launcher)} if cfg.server_launcher else {}),
+    )
+    # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
+    gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(cfg.num_engines)]
+    if cfg.engine == "vllm":
+        from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable
+
+        check_servable(model_path, device)
         servers = []
-        for i in range(cfg.num_engines):
+        for gpu in gpus:
             port = free_port()
-            extra = {"launcher": list(cfg.server_launcher)} if cfg.server_launcher else {}
             servers.append(
-                SGLangServer(
+                VLLMServer(
                     str(model_path),
                     port=port,
-                    tp_size=tp,
-                    mem_fraction=cfg.mem_fraction,
-                    # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
-                    base_gpu_id=i * tp if cfg.colocate else cfg.engine_gpus[i * tp],
-                    colocated=cfg.colocate,
-                    log_path=default_log_path(port),
-                    **extra,
+                    base_gpu_id=gpu,
+                    log_path=default_log_path(port, "vllm"),
+                    **common,
                 )
             )
-        engine = SGLangEngine(
+        return VLLMEngine(
             servers,
             colocated=cfg.colocate,
-            stage=stage,
-            # the weight-update group (disaggregated) rendezvous at this process, on its node, which runs
-            # the servers it starts: they reach it on the loopback interface
-            master_address="127.0.0.1",
-            master_port=master_port if master_port is not None else (None if cfg.colocate else free_port()),
+            weight_dir=cfg.weight_dir or None,
             timeout_s=cfg.server_timeout_s,
             request_timeout_s=cfg.request_timeout_s,
+        ).launch()
+    from mmr1_mega.rollout.sglang import SGLangEngine
+    from mmr1_mega.rollout.sglang_server import SGLangServer
+
+    servers = []
+    for gpu in gpus:
+        port = free_port()
+        servers.append(
+            SGLangServer(
+                str(model_path),
+                port=port,
+                base_gpu_id=gpu,
+                deterministic=cfg.deterministic,
+                log_path=default_log_path(port, "sglang"),
+                **common,
+            )
         )
-        return engine.launch()
-    raise EngineError(f"rollout.engine={cfg.engine!r} is not implemented yet: use local or sglang")
+    engine = SGLangEngine(
+        servers,
+        colocated=cfg.colocate,
+        stage=stage,
+        # the weight-update group (disaggregated) rendezvous at this process, on its node, which runs
+        # the servers it starts: they reach it on the loopback interface
+        master_address="127.0.0.1",
+        master_port=master_port if master_port is not None else (None if cfg.colocate else free_port()),
+        timeout_s=cfg.server_timeout_s,
+        request_timeout_s=cfg.request_timeout_s,
+    )
+    return engine.launch()
+
+
+# the model's dtype names (config model.dtype) as the engines' --dtype flags spell them
+ENGINE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def actor_gpus_on_this_node() -> list[int]:

@@ -44,7 +44,13 @@ def _load_processor(hf_dir: Path):
 
     try:
         return AutoProcessor.from_pretrained(hf_dir)
-    except (OSError, ValueError, TypeError, KeyError):
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        ImportError,
+    ):  # ImportError: a video processor without torchvision
         return AutoTokenizer.from_pretrained(hf_dir)
 
 

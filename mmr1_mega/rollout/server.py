@@ -86,6 +86,7 @@ class EngineServer:
     env: dict = field(default_factory=dict)
     # a server someone else runs (e.g. started by the SLURM script): used, never started, stopped or restarted
     external: bool = False
+    device: str = "cuda"  # "cpu": the engine's CPU build (tests, the CPU demo)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property

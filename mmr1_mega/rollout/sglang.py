@@ -240,12 +240,16 @@ class SGLangEngine(ServerEngine):
         """Drop every server's prefix cache."""
         self._each("/flush_cache")
 
+    def _on_gpus(self) -> bool:
+        return any(s.device != "cpu" for s in self.servers)
+
     def release_memory(self) -> None:
-        """Colocated: hand weights and KV cache memory back to the actor (no-op when disaggregated)."""
-        if self.colocated:
+        """Colocated: hand weights and KV cache memory back to the actor (no-op when disaggregated, and on
+        CPU, where there is no accelerator memory to hand over)."""
+        if self.colocated and self._on_gpus():
             self._each("/release_memory_occupation", P.memory_payload())
 
     def resume_memory(self) -> None:
-        """Colocated: take the memory back before the next update (no-op when disaggregated)."""
-        if self.colocated:
+        """Colocated: take the memory back before the next update (no-op when disaggregated or on CPU)."""
+        if self.colocated and self._on_gpus():
             self._each("/resume_memory_occupation", P.memory_payload())

@@ -32,7 +32,10 @@ class SGLangServer(EngineServer):
         # SGLANG_VLM_CACHE_SIZE_MB=0: SGLang 0.5.23 caches vision-tower outputs by image hash and neither
         # /flush_cache nor a weight update clears that cache, so an image seen before an update would keep
         # the old tower's embeddings (seen in tests/engines). Without it each sample's image is encoded again.
-        self.env = {"SGLANG_RETURN_ORIGINAL_LOGPROB": "1", "SGLANG_VLM_CACHE_SIZE_MB": "0", **self.env}
+        env = {"SGLANG_RETURN_ORIGINAL_LOGPROB": "1", "SGLANG_VLM_CACHE_SIZE_MB": "0"}
+        if self.device == "cpu":
+            env["SGLANG_USE_CPU_ENGINE"] = "1"
+        self.env = {**env, **self.env}
         super().start()
 
     def command(self) -> list[str]:
@@ -53,7 +56,11 @@ class SGLangServer(EngineServer):
             "--dtype",
             self.dtype,
         ]
-        if self.colocated:
+        if self.device == "cpu":
+            # SGLang's CPU engine: no overlap scheduler; its warm-up request fails on CPU (rotary on an
+            # empty batch) and is skipped
+            args += ["--device", "cpu", "--disable-overlap-schedule", "--skip-server-warmup"]
+        elif self.colocated:
             # lets release/resume_memory_occupation hand the GPU to the actor between rollouts
             args.append("--enable-memory-saver")
         if self.seed is not None:

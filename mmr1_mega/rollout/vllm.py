@@ -44,7 +44,6 @@ class VLLMServer(EngineServer):
     otherwise GPUs base_gpu_id .. base_gpu_id + tp_size - 1 (CUDA_VISIBLE_DEVICES)."""
 
     engine = "vLLM"
-    device: str = "cuda"
     max_model_len: int | None = None
     cpu_kv_cache_gb: int = 1
 

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mmr1_mega.algo import compute_advantages
+from mmr1_mega.algo.mismatch import combine_mismatch, mismatch_stats
 from mmr1_mega.config import Config, dump_config
 from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.distributed.cpu import device
@@ -130,6 +131,8 @@ def _train(run, cfg: Config) -> dict:
         local.old_logp = run.actor.logprobs(local, temperature)
         if run.reference is not None:
             local.ref_logp = run.reference.logprobs(local, temperature)
+        if cfg.log.engine_mismatch and local.engine_logp is not None:
+            step_metrics = step_metrics | engine_mismatch(run.actor, local, temperature)
         t["logprob"] = time.perf_counter()
         # 4. PPO epochs over mini-batches: one optimizer step each
         train_metrics = {}
@@ -185,6 +188,19 @@ def _train(run, cfg: Config) -> dict:
                 f"{path} written; continue with checkpoint.resume=auto"
             )
     return metrics
+
+
+def engine_mismatch(actor, local, temperature: float) -> dict[str, float]:
+    """rollout/logp_mismatch_*: the engine's raw log-probs of its samples vs the actor's at temperature 1
+    (old_logp when sampling at temperature 1, else one more forward), over every rank's share; the same
+    dict on every rank."""
+    raw = local.old_logp if temperature == 1.0 else actor.logprobs(local, 1.0)
+    mine = None
+    if raw is not None and ps.get_tensor_model_parallel_rank() == 0:  # last stage; TP ranks agree
+        mine = mismatch_stats(local.engine_logp, raw, local.response_mask)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return combine_mismatch(parts)
 
 
 def _perf(t: dict, batch, sync: dict) -> dict:

@@ -29,6 +29,7 @@ class Rollouts:
     accuracy: list[float]
     format: list[float]
     reward_metrics: dict[str, float]
+    logprobs: list[list[float]] | None = None  # the engine's raw log-prob of each response token
     generate_seconds: float = 0.0
     reward_seconds: float = 0.0
 
@@ -91,6 +92,7 @@ def generate_and_score(
         accuracy=list(scored.accuracy),
         format=list(scored.format),
         reward_metrics=scored.metrics(),
+        logprobs=[list(o.logprobs) for o in flat],
         generate_seconds=t1 - t0,
         reward_seconds=t2 - t1,
     )
@@ -105,6 +107,10 @@ def rollout_batch(dataset, rollouts: Rollouts, image_token_id: int, merge: int) 
     grids = [s.get("image_grid_thw") for s in samples for _ in range(n)]
     batch = build_batch(prompt_ids, rollouts.response_ids, pixels, grids, image_token_id, merge)
     batch.rewards = torch.tensor(rollouts.rewards, dtype=torch.float32)
+    if rollouts.logprobs is not None:
+        batch.engine_logp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for i, (p, lp) in enumerate(zip(prompt_ids, rollouts.logprobs)):
+            batch.engine_logp[i, len(p) : len(p) + len(lp)] = torch.tensor(lp, dtype=torch.float32)
     batch.group_ids = torch.arange(len(samples)).repeat_interleave(n)
     return batch
 

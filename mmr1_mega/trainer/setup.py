@@ -170,9 +170,10 @@ def make_rollout_engine(cfg: Config):
         from mmr1_mega.rollout.local import LocalEngine
 
         return LocalEngine(cfg.model.hf_path, device=str(device()), dtype=cfg.model.dtype)
+    from mmr1_mega.distributed.cpu import device
     from mmr1_mega.rollout.factory import make_engine
 
-    return make_engine(cfg.rollout, cfg.model.hf_path)
+    return make_engine(cfg.rollout, cfg.model.hf_path, device=device().type, dtype=cfg.model.dtype)
 
 
 def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:

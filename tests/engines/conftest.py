@@ -104,20 +104,10 @@ def make_server(kind: str, model_dir, log_dir: Path, **kw):
         colocated=False,
         mem_fraction=0.3,
         seed=0,
+        device="cpu",  # the adapter adds SGLang's CPU flags and environment
         launcher=[python, "-m", "sglang.launch_server"],
-        extra_args=[
-            "--device",
-            "cpu",
-            "--max-total-tokens",
-            "4096",
-            "--disable-overlap-schedule",
-            "--skip-server-warmup",  # its warm-up request fails on CPU (rotary on an empty batch)
-        ],
-        env={
-            "PYTHONPATH": str(STANDIN),
-            "SGLANG_USE_CPU_ENGINE": "1",
-            # the adapter sends CPU tensors through shared files (torch's file_system strategy)
-        },
+        extra_args=["--max-total-tokens", "4096"],
+        env={"PYTHONPATH": str(STANDIN)},  # the sgl_kernel stand-in
         log_path=log,
         **kw,
     )

@@ -34,6 +34,9 @@ PHASE_KEYS = [
     "time/train",
     "time/sync",
     "perf/tokens_per_second",
+    "rollout/logp_mismatch_abs_mean",
+    "rollout/logp_mismatch_abs_max",
+    "rollout/logp_mismatch_k3",
 ]
 
 
@@ -54,6 +57,8 @@ def _check_run(out: Path, steps: int):
         missing = [k for k in PHASE_KEYS if k not in r]
         assert not missing, f"step {r['step']} lacks {missing}"
         assert r["actor/update_skipped"] == 0.0
+        assert 0 <= r["rollout/logp_mismatch_abs_mean"] <= r["rollout/logp_mismatch_abs_max"]
+        assert r["rollout/logp_mismatch_k3"] >= 0
     assert [p.name for p in complete_checkpoints(out)] == ["step_000002", "step_000003"]
     assert (out / "config.yaml").is_file()
 
