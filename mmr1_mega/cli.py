@@ -24,6 +24,7 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str]] = {
     ("bench", "vps"): ("mmr1_mega.vas.bench:main", "VPS / self-BLEU speed vs NLTK"),
     ("bench", "loss"): ("mmr1_mega.ops.bench:main", "fused GRPO loss: eager vs compile vs Triton"),
     ("bench", "sync"): ("mmr1_mega.sync.bench:main", "weight sync seconds and GB/s per transport"),
+    ("bench", "rollout"): ("mmr1_mega.rollout.bench:main", "rollout tokens/s: local vs vLLM vs SGLang"),
     ("plot", "vas"): ("mmr1_mega.vas.plot:main", "VPS histograms and transitions per refresh (PNG)"),
 }
 
