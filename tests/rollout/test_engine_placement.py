@@ -52,7 +52,7 @@ def test_disaggregated_servers_start_on_the_named_gpus_with_a_rendezvous_port(tm
         server_timeout_s=60,
     )
     cfg.validate()
-    engine = make_engine(cfg, tmp_path / "model")
+    engine = make_engine(cfg, tmp_path / "model", device="cuda")  # placement on GPUs (stand-in servers)
     try:
         assert engine.master_port is not None and not engine.colocated
         starts = []

@@ -110,6 +110,25 @@ def test_every_body_sent_to_a_server_fits_sglang_request_types(engine, tmp_path)
     assert checked >= 2 * 9
 
 
+def test_colocated_servers_release_memory_on_gpus_and_are_left_alone_on_cpu(tmp_path):
+    gpu = SGLangEngine([_server(tmp_path)], colocated=True, timeout_s=30, request_timeout_s=30).launch()
+    cpu_server = _server(tmp_path)
+    cpu_server.device = "cpu"
+    cpu = SGLangEngine([cpu_server], colocated=True, timeout_s=30, request_timeout_s=30).launch()
+    try:
+        for e in (gpu, cpu):
+            e.release_memory()
+            e.resume_memory()
+        memory = ("/release_memory_occupation", "/resume_memory_occupation")
+        assert [c["path"] for c in _calls(tmp_path, gpu.servers[0]) if c["path"] in memory] == list(memory)
+        # SGLang's CPU server dies on /release_memory_occupation (it synchronises CUDA; seen 2026-11-30)
+        assert [c["path"] for c in _calls(tmp_path, cpu_server) if c["path"] in memory] == []
+        assert "--device" in cpu_server.command() and "--enable-memory-saver" not in cpu_server.command()
+    finally:
+        gpu.shutdown()
+        cpu.shutdown()
+
+
 def test_the_stand_in_refuses_an_update_outside_a_session_as_sglang_0_5_23_does(engine):
     S.load_tensor_bucket_module()
     with pytest.raises(EngineError, match="must run between begin_weight_update"):

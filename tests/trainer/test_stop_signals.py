@@ -81,18 +81,14 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_stops_every_server(task, t
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "an engine server outlived the run"
-    # colocated: each step the engine released its memory after generating, got it back before the
-    # weights arrived (trainer/handoff.py)
+    # colocated on CPU: nothing to hand over, so the engine is never told to release its memory (SGLang's CPU
+    # server dies on /release_memory_occupation: it synchronises CUDA); each step's weights arrive after that
+    # step's generation. (On GPUs the release / resume calls are checked in tests/rollout.)
     for f in (tmp_path / "servers").glob("*.jsonl"):
         paths = [json.loads(x)["path"] for x in f.read_text().splitlines()]
-        hand = [p for p in paths if p in HANDOFF]
-        first = hand.index("/release_memory_occupation")
-        assert "/generate" in paths[: paths.index("/release_memory_occupation")]
-        assert hand[first : first + 3] == [
-            "/release_memory_occupation",
-            "/resume_memory_occupation",
-            "/update_weights_from_tensor",
-        ], hand
+        assert not [p for p in paths if p in HANDOFF[:2]], paths
+        first_update = paths.index("/update_weights_from_tensor")
+        assert "/generate" in paths[first_update:], "no generation after the first weight update"
 
 
 HANDOFF = ("/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_tensor")
