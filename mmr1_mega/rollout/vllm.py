@@ -74,6 +74,13 @@ class VLLMServer(EngineServer):
             args += ["--seed", str(self.seed)]
         if self.device == "cpu":
             args += ["--enforce-eager", "--block-size", "32"]  # the CPU backend takes multiples of 32
+            # vLLM 0.32 rewinds a seeded request's generator when chunked prefill discards the token sampled
+            # after a partial prefill (gpu_model_runner._bookkeeping_sync: gen.set_offset); a CPU generator
+            # has no offset, so the engine core dies ("CPU Generator does not use offset", seen 2026-11-30
+            # with 16 seeded prompts x 8 samples). Without chunked prefill no prefill is partial.
+            args.append("--no-enable-chunked-prefill")
+            if self.max_model_len is not None:  # without chunking a step must fit a whole prompt
+                args += ["--max-num-batched-tokens", str(max(self.max_model_len, 8192))]
         else:
             args += ["--gpu-memory-utilization", str(self.mem_fraction)]
             if self.colocated:
