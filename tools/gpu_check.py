@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                 json.loads(Path(result_file).read_text() or "{}") if Path(result_file).stat().st_size else {}
             )
             if not result:
-                result = {"ok": False, "error": f"exit code {proc.returncode}", "stderr": proc.stderr[-4000:]}
+                result = {"ok": False, "error": f"exit code {proc.returncode}"}
+            if not result.get("ok"):  # what the check printed says why (a failed rank's traceback, say)
+                result.update(stdout=proc.stdout[-6000:], stderr=proc.stderr[-8000:])
         except subprocess.TimeoutExpired:
             result = {"ok": False, "error": f"timed out after {LIMITS_S[name]} s"}
         result["wall_seconds"] = round(time.time() - t0, 1)

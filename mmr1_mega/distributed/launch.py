@@ -99,7 +99,7 @@ def _restore(handlers: dict) -> None:
 def check_fork_safe() -> None:
     """Raise RuntimeError when CUDA is initialised in this process: CUDA cannot be used in processes
     forked after that. (torch.cuda.is_available / device_count may be asked first: with
-    PYTORCH_NVML_BASED_CUDA_CHECK=1, set here, torch answers them through NVML without initialising CUDA.)
+    PYTORCH_NVML_BASED_CUDA_CHECK=1, set when mmr1_mega is imported, torch answers them through NVML.)
     """
     import torch
 
@@ -108,9 +108,6 @@ def check_fork_safe() -> None:
             "CUDA is already initialised in the process that forks the ranks: ask CUDA questions (device "
             "names, memory, tensors on the GPU) inside the rank function, or start the ranks with torchrun"
         )
-
-
-os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 
 def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, **kwargs: Any) -> list:

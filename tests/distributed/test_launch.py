@@ -49,3 +49,16 @@ def test_a_parent_with_cuda_initialised_refuses_to_fork_ranks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="inside the rank function"):
         run_on_ranks(_rank_value, 2, 1)
+
+
+def test_importing_the_package_routes_cuda_questions_through_nvml():
+    # torch answers is_available() / device_count() through NVML only with this variable; otherwise the
+    # first question creates a CUDA context in the parent and every forked rank fails to use the GPU (seen
+    # on an H200: `mmr1-mega demo`). It must be set by the import alone, before any entry point asks.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    code = "import os, mmr1_mega; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
