@@ -133,7 +133,9 @@ def run_engine(kind: str, model_dir: Path, requests: list, args, log_dir: Path) 
         outs = engine.generate(requests)
         seconds = time.perf_counter() - t1
     except Exception as e:  # noqa: BLE001 - reported with the server's last words, the other engines still run
-        logs = [s.log_path for s in getattr(engine, "servers", []) if s.log_path and os.path.exists(s.log_path)]
+        logs = [
+            s.log_path for s in getattr(engine, "servers", []) if s.log_path and os.path.exists(s.log_path)
+        ]
         tail = Path(logs[0]).read_text(errors="replace").splitlines()[-15:] if logs else []
         return {"failed": f"{type(e).__name__}: {e}", "server_log_tail": tail}
     finally:
