@@ -116,12 +116,23 @@ class RolloutConfig:
     deterministic: bool = False
     # vLLM: where weight-update shards are written for the servers to reload (default /dev/shm)
     weight_dir: str = ""
+    # vLLM: how weights reach the servers: reload (safetensors shards in weight_dir, any device), ipc
+    # (vLLM's CUDA IPC weight transfer, colocated GPU servers), auto (ipc where it can run, else reload)
+    weight_transfer: str = "auto"
     server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
     request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
 
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
             raise ConfigError(f"rollout.engine must be local, sglang or vllm, got {self.engine!r}")
+        if self.weight_transfer not in ("auto", "reload", "ipc"):
+            raise ConfigError(
+                f"rollout.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}"
+            )
+        if self.weight_transfer == "ipc" and not self.colocate:
+            raise ConfigError(
+                "rollout.weight_transfer=ipc needs rollout.colocate=true (the servers on the actor's GPUs)"
+            )
         if self.n_samples < 2:
             raise ConfigError("rollout.n_samples must be >= 2: GRPO normalises rewards within a group")
         if self.temperature < 0 or not 0 < self.top_p <= 1:

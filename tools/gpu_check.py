@@ -13,6 +13,10 @@ known, so a run cut short still reports what finished:
   loss_op     the fused GRPO op at 512 prompts x 8 rollouts x 4096 tokens, bf16: eager vs torch.compile
               vs Triton, forward + backward, and % of the copy bandwidth measured in the same run
   sync        the weight-sync bench (local engine)
+  ipc         VLLMEngine's CUDA IPC weight path (rollout.weight_transfer=ipc) into a second process on the
+              GPU that maps, unpacks and hashes the buckets as vLLM's consumer does (the stand-in
+              tests/rollout/vllm_ipc_standin.py: the image has no vLLM); three buckets of mixed dtypes,
+              the buffer outgrown once and reused once, two update rounds, every tensor's bytes compared
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("logits", "grpo_demo", "loss_op", "sync")
-LIMITS_S = {"logits": 120, "grpo_demo": 180, "loss_op": 120, "sync": 60}  # sum 480 s: the 8 minutes
+CHECKS = ("logits", "grpo_demo", "loss_op", "sync", "ipc")
+LIMITS_S = {"logits": 120, "grpo_demo": 180, "loss_op": 120, "sync": 60, "ipc": 60}  # sum 540 s
 # ||ours - transformers|| / ||transformers|| over the logits: fp32 lands far under 1e-4 (tests/tolerances.py);
 # two bf16 computations in different orders, each 1e-3..1e-2 from exact (METHOD.md), within 3e-2 of each other
 ALLOWED_L2 = {"fp32": 1e-4, "bf16": 3e-2}
@@ -37,6 +41,7 @@ SCHEMA = {
     "grpo_demo": {"returncode", "steps", "grpo_loss_implementation", "seconds"},
     "loss_op": {"report"},
     "sync": {"report"},
+    "ipc": {"rounds"},
 }
 
 
@@ -176,7 +181,87 @@ def check_sync(dry: bool) -> dict:
     return {"report": _bench_json(main, argv)}
 
 
-RUNNERS = {"logits": check_logits, "grpo_demo": check_grpo_demo, "loss_op": check_loss_op, "sync": check_sync}
+def check_ipc(dry: bool) -> dict:
+    import requests
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from mmr1_mega.distributed.init import free_port
+    from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer
+    from tests.rollout.vllm_ipc_standin import digest
+
+    port = free_port()
+    server = VLLMServer(
+        str(ROOT), port=port, external=True, device="cpu" if dry else "cuda", weight_transfer="ipc"
+    )
+    # the stand-in starts with the environment our launcher gives a real vLLM server (GPU, serialization)
+    env = {**os.environ, **server.launch_env(), **({"CUDA_VISIBLE_DEVICES": ""} if dry else {})}
+    script = ROOT / "tests" / "rollout" / "vllm_ipc_standin.py"
+    standin = subprocess.Popen([sys.executable, str(script), str(port)], env=env)
+    try:
+        engine = VLLMEngine([server], image_token_id=0, timeout_s=60, request_timeout_s=300).launch()
+        g = torch.Generator().manual_seed(0)
+        dev = torch.device("cpu") if dry else torch.device("cuda", 0)
+
+        def rand(*shape, dtype=torch.bfloat16):
+            return torch.randn(*shape, generator=g).to(dtype).to(dev)
+
+        # 3B-width shapes; the odd-length bf16 tensor before fp32 ones checks the packing order
+        buckets = [
+            [
+                ("a.q_proj.weight", rand(2048, 2048)),
+                ("a.q_proj.bias", rand(2047)),
+                ("a.norm.weight", rand(2048, dtype=torch.float32)),
+            ],
+            [
+                ("b.gate_up_proj.weight", rand(22016, 2048)),
+                ("b.pos", torch.arange(13, device=dev)),
+            ],  # outgrows
+            [
+                ("c.down_proj.weight", rand(2048, 5504)),
+                ("c.norm.weight", rand(2048, dtype=torch.float32)),
+            ],  # reuses
+        ]
+        if dry:
+            buckets = []  # no CUDA: the session alone
+        rounds = []
+        for r in range(2):
+            sent = {}
+            t0 = time.perf_counter()
+            engine.begin_update()
+            for bucket in buckets:
+                bucket = [(n, t * (r + 1)) for n, t in bucket]
+                engine.update_weights(bucket)
+                sent.update({n: digest(t) for n, t in bucket})
+            engine.end_update()
+            seconds = time.perf_counter() - t0
+            got = requests.get(server.url + "/received", timeout=30).json()
+            wrong = sorted(n for n in sent if got["tensors"].get(n, {}).get("sha256") != sent[n])
+            nbytes = sum(t.numel() * t.element_size() for b in buckets for _, t in b)
+            rounds.append(
+                {
+                    "updates": got["updates"],
+                    "tensors": len(sent),
+                    "wrong": wrong,
+                    "bytes": nbytes,
+                    "seconds": round(seconds, 4),
+                    "gb_per_s": round(nbytes / seconds / 1e9, 2),
+                }
+            )
+            if wrong or got["updates"] != len(buckets):
+                raise AssertionError(f"round {r}: {got['updates']} updates, tensors differing: {wrong}")
+        return {"rounds": rounds}
+    finally:
+        standin.kill()
+
+
+RUNNERS = {
+    "logits": check_logits,
+    "grpo_demo": check_grpo_demo,
+    "loss_op": check_loss_op,
+    "sync": check_sync,
+    "ipc": check_ipc,
+}
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -59,9 +59,10 @@ def make_engine(
     # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
     gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(cfg.num_engines)]
     if cfg.engine == "vllm":
-        from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable
+        from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable, resolve_weight_transfer
 
         check_servable(model_path, device)
+        transfer = resolve_weight_transfer(cfg.weight_transfer, common["device"], cfg.colocate)
         servers = []
         for gpu in gpus:
             port = free_port()
@@ -71,6 +72,7 @@ def make_engine(
                     port=port,
                     base_gpu_id=gpu,
                     log_path=default_log_path(port, "vllm"),
+                    weight_transfer=transfer,
                     **common,
                 )
             )

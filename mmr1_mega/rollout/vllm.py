@@ -15,6 +15,11 @@ Weights (`weight_transfer`):
   cannot be used). Then the prefix, encoder and multimodal caches are reset (without the encoder reset an
   image seen before kills the engine with "Encoder cache miss"; without the prefix reset old keys and
   values are reused). Works on every device; the servers must see the trainer's filesystem (same node).
+- "ipc" (colocated GPU servers; the default there): vLLM's own weight-transfer API with its CUDA IPC backend
+  in packed mode. Each bucket is packed into one uint8 buffer per server GPU (on that GPU, reused from
+  bucket to bucket), its handles keyed by GPU UUID are sent to every server in one `/update_weights`, and
+  vLLM's workers map their GPU's buffer, unpack and copy it into the model; no file, no second copy of the
+  model. The servers run with `--weight-transfer-config '{"backend": "ipc"}'`.
 Updates are bracketed by `/pause?mode=wait` and `/resume`. The endpoints for RPC, cache resets and sleep
 are vLLM's development API: the servers run with VLLM_SERVER_DEV_MODE=1.
 """
@@ -46,6 +51,7 @@ class VLLMServer(EngineServer):
     engine = "vLLM"
     max_model_len: int | None = None
     cpu_kv_cache_gb: int = 1
+    weight_transfer: str = "reload"  # "ipc": start vLLM's CUDA IPC weight-transfer backend
 
     def default_launcher(self) -> list[str]:
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -85,18 +91,56 @@ class VLLMServer(EngineServer):
             args += ["--gpu-memory-utilization", str(self.mem_fraction)]
             if self.colocated:
                 args.append("--enable-sleep-mode")  # /sleep frees weights and KV cache for the actor
+        if self.weight_transfer == "ipc":
+            args += ["--weight-transfer-config", P.IPC_BACKEND_CONFIG]
         return [*(self.launcher or self.default_launcher()), *args, *self.extra_args]
 
-    def start(self) -> None:
+    def launch_env(self) -> dict[str, str]:
+        """The variables the server starts with (before the configured server_env)."""
         env = {"VLLM_SERVER_DEV_MODE": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         if self.device == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gb)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(
-                str(g) for g in range(self.base_gpu_id, self.base_gpu_id + self.tp_size)
-            )
-        self.env = {**env, **self.env}
+        else:  # base_gpu_id counts the trainer's visible GPUs: name the same physical GPUs
+            ids = visible_gpu_ids()
+            if self.base_gpu_id + self.tp_size > len(ids):
+                raise EngineError(
+                    f"a vLLM server on GPUs {self.base_gpu_id}..{self.base_gpu_id + self.tp_size - 1}, but this "
+                    f"process sees {len(ids)} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
+                )
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[self.base_gpu_id : self.base_gpu_id + self.tp_size])
+        if self.weight_transfer == "ipc":
+            env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the IPC handles arrive pickled over HTTP
+        return env
+
+    def start(self) -> None:
+        if not self.external:
+            self.env = {**self.launch_env(), **self.env}
         super().start()
+
+
+def visible_gpu_ids() -> list[str]:
+    """This process's GPUs as the driver names them: CUDA_VISIBLE_DEVICES' entries, or 0 .. n-1."""
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None and vis.strip():
+        return [v.strip() for v in vis.split(",")]
+    return [str(i) for i in range(max(torch.cuda.device_count(), 1))]
+
+
+WEIGHT_TRANSFERS = ("auto", "reload", "ipc")
+
+
+def resolve_weight_transfer(weight_transfer: str, device: str, colocated: bool) -> str:
+    """ "auto" is "ipc" for colocated GPU servers and "reload" otherwise; "ipc" needs both."""
+    if weight_transfer not in WEIGHT_TRANSFERS:
+        raise EngineError(f"vLLM weight_transfer must be one of {WEIGHT_TRANSFERS}, got {weight_transfer!r}")
+    if weight_transfer == "auto":
+        return "ipc" if colocated and device != "cpu" else "reload"
+    if weight_transfer == "ipc" and (device == "cpu" or not colocated):
+        raise EngineError(
+            "vLLM weight_transfer=ipc hands CUDA memory to servers on the trainer's own GPUs: it needs "
+            f"colocated GPU servers (got device={device}, colocated={colocated}); use reload"
+        )
+    return weight_transfer
 
 
 def check_servable(model_path: str | os.PathLike, device: str) -> None:
@@ -140,8 +184,15 @@ class VLLMEngine(ServerEngine):
         self.colocated = colocated
         self.weight_dir = weight_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
         self.max_concurrency = max_concurrency
+        transfers = {s.weight_transfer for s in self.servers}
+        if len(transfers) != 1:
+            raise EngineError(f"vLLM servers with different weight transfers {sorted(transfers)}")
+        self.weight_transfer = transfers.pop()
         self._update_dir: str | None = None
+        self._updating = False
         self._shards = 0
+        self._ipc_buffers: dict[int, tuple[torch.Tensor, str, tuple]] = {}  # GPU -> (buffer, UUID, args)
+        self._ipc_retired: list[torch.Tensor] = []  # outgrown buffers, kept until the servers let go
 
     # ---- generation ------------------------------------------------------------------------------------
 
@@ -169,41 +220,93 @@ class VLLMEngine(ServerEngine):
     # ---- weights ---------------------------------------------------------------------------------------
 
     def begin_update(self) -> None:
-        """Restart dead servers, let in-flight requests finish (pause mode "wait") and open an update
-        folder."""
+        """Restart dead servers, let in-flight requests finish (pause mode "wait") and open the update:
+        reload, a fresh folder; ipc, vLLM's weight-update session on every server (its transfer engine
+        initialised again each time, so that a restarted server is ready too)."""
         self.restart_dead()
         self._each("/pause", params={"mode": "wait"})
-        self._update_dir = tempfile.mkdtemp(prefix="mmr1-vllm-weights-", dir=self.weight_dir)
         self._shards = 0
+        if self.weight_transfer == "ipc":
+            self._each("/init_weight_transfer_engine", P.ipc_init_payload())
+            self._each("/start_weight_update")
+        else:
+            self._update_dir = tempfile.mkdtemp(prefix="mmr1-vllm-weights-", dir=self.weight_dir)
+        self._updating = True
 
     def update_weights(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
-        """Write one bucket (HF names, full tensors) as a safetensors shard of the update folder."""
+        """One bucket (HF names, full tensors): reload, written as a safetensors shard of the update
+        folder; ipc, packed and sent to every server at once."""
         if not bucket:
             return
-        if self._update_dir is None:
+        if not self._updating:
             raise EngineError("vLLM engine: update_weights outside begin_update() ... end_update()")
-        from safetensors.torch import save_file
+        if self.weight_transfer == "ipc":
+            self._send_ipc(bucket)
+        else:
+            from safetensors.torch import save_file
 
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in bucket}
-        save_file(tensors, os.path.join(self._update_dir, f"bucket-{self._shards:05d}.safetensors"))
+            tensors = {name: t.detach().to("cpu").contiguous() for name, t in bucket}
+            save_file(tensors, os.path.join(self._update_dir, f"bucket-{self._shards:05d}.safetensors"))
         self._shards += 1
 
+    def _ipc_gpus(self) -> list[int]:
+        """This process's CUDA indices of every server GPU (the servers are colocated: same node)."""
+        return sorted({g for s in self.servers for g in range(s.base_gpu_id, s.base_gpu_id + s.tp_size)})
+
+    def _ipc_buffer(self, gpu: int, nbytes: int) -> tuple[torch.Tensor, str, tuple]:
+        """GPU's packing buffer of at least nbytes, exported once for IPC (the servers keep its mapping
+        open from bucket to bucket); an outgrown one is kept alive until end_update."""
+        held = self._ipc_buffers.get(gpu)
+        if held is not None and held[0].numel() >= nbytes:
+            return held
+        if held is not None:
+            self._ipc_retired.append(held[0])
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=torch.device("cuda", gpu))
+        _, args = reduce_tensor(buf)
+        uuid = str(torch.cuda.get_device_properties(gpu).uuid)
+        self._ipc_buffers[gpu] = (buf, uuid, args)
+        return self._ipc_buffers[gpu]
+
+    def _send_ipc(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
+        flat, meta = P.pack_bucket(bucket)
+        handles = {}
+        for gpu in self._ipc_gpus():
+            buf, uuid, args = self._ipc_buffer(gpu, flat.numel())
+            buf[: flat.numel()].copy_(flat)
+            handles[uuid] = args
+        for gpu in self._ipc_gpus():
+            torch.cuda.synchronize(gpu)  # the bytes are in place before any server maps them
+        self._each("/update_weights", P.ipc_update_payload(meta, handles))
+
     def end_update(self) -> None:
-        """Every server reloads the folder in place, resets its prefix / encoder / multimodal caches and
-        resumes; the folder is removed. Every tensor was sent, so restarted servers are fresh again."""
-        if self._update_dir is None:
+        """reload: every server reloads the folder in place, and the folder is removed; ipc: every server
+        finishes its session (the layers are processed) and the packing buffers are freed. Then the
+        prefix / encoder / multimodal caches are reset and the servers resume. Every tensor was sent, so
+        restarted servers are fresh again."""
+        if not self._updating:
             raise EngineError("vLLM engine: end_update() without begin_update()")
         try:
-            if self._shards:
+            if self.weight_transfer == "ipc":
+                self._each("/finish_weight_update")
+            elif self._shards:
                 self._each(
                     "/collective_rpc",
                     {"method": "reload_weights", "kwargs": {"weights_path": self._update_dir}},
                 )
+            if self._shards:
                 self.flush_cache()
             self._each("/resume")
         finally:
-            shutil.rmtree(self._update_dir, ignore_errors=True)
+            if self._update_dir is not None:
+                shutil.rmtree(self._update_dir, ignore_errors=True)
             self._update_dir = None
+            self._updating = False
+            if self._ipc_buffers or self._ipc_retired:  # the servers closed their mappings at finish
+                self._ipc_buffers.clear()
+                self._ipc_retired.clear()
+                torch.cuda.ipc_collect()
         if self._shards:
             self.stale.clear()
 

@@ -138,3 +138,55 @@ def parse_generate_response(answer: dict, r: GenerationRequest) -> list[Generati
             )
         )
     return out
+
+
+# ---- weights by CUDA IPC (vLLM's weight-transfer API, backend "ipc", packed mode) ---------------------------
+# The server runs with --weight-transfer-config '{"backend": "ipc"}' and VLLM_ALLOW_INSECURE_SERIALIZATION=1
+# (the handles travel pickled); the session is /init_weight_transfer_engine, /start_weight_update,
+# /update_weights per bucket, /finish_weight_update (vllm/entrypoints/rl/online/api_router.py, 0.32).
+# Packed: each bucket is one uint8 buffer; vLLM's consumer (packed_ipc_consumer) maps it by the handle of its
+# own GPU (keyed by GPU UUID), splits it by byte sizes, views each piece as dtype and shape, and clones the
+# tensors before it answers, so the sender may reuse the buffer for the next bucket.
+IPC_BACKEND_CONFIG = '{"backend": "ipc"}'
+
+
+def ipc_init_payload() -> dict:
+    """The /init_weight_transfer_engine body: IPCWeightTransferInitInfo(packed=True)."""
+    return {"init_info": {"packed": True}}
+
+
+def pack_bucket(bucket) -> tuple:
+    """(flat, meta): the bucket's tensors back to back as one uint8 tensor on their device, and the
+    IPCWeightTransferUpdateInfo fields that describe it (names, dtype_names, shapes, tensor_sizes in bytes).
+
+    vLLM views each piece in place as its dtype, which needs its byte offset to be a multiple of its
+    element size, and it splits by the sizes alone (no room for padding). So the tensors go widest element
+    first: every offset is then a sum of sizes that are multiples of the current element size. (In vLLM's
+    own packing order a bf16 tensor of odd length followed by an fp32 one fails to unpack.)"""
+    import torch
+
+    parts, meta = [], {"names": [], "dtype_names": [], "shapes": [], "tensor_sizes": []}
+    for name, t in sorted(bucket, key=lambda item: -item[1].element_size()):  # stable: the order otherwise
+        flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        parts.append(flat)
+        meta["names"].append(name)
+        meta["dtype_names"].append(str(t.dtype).split(".")[-1])  # torch.bfloat16 -> "bfloat16"
+        meta["shapes"].append(list(t.shape))
+        meta["tensor_sizes"].append(flat.numel())
+    devices = {p.device for p in parts}
+    if len(devices) != 1:
+        raise ValueError(f"a bucket's tensors must share one device, got {sorted(map(str, devices))}")
+    return torch.cat(parts), meta
+
+
+def ipc_update_payload(meta: dict, handles: dict) -> dict:
+    """The /update_weights body of one packed bucket: meta from pack_bucket, handles {GPU UUID: the
+    rebuild_cuda_tensor args of that GPU's copy of the buffer}, pickled as vLLM's HTTP client does."""
+    import pickle
+
+    return {
+        "update_info": {
+            **meta,
+            "ipc_handles_pickled": base64.b64encode(pickle.dumps(handles)).decode("ascii"),
+        }
+    }
