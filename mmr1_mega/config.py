@@ -170,6 +170,11 @@ class TrainConfig:
     val_every_steps: int = 10
     val_max_prompts: int = 512
     val_temperature: float = 0.0  # 0: greedy
+    # DAPO's dynamic sampling: groups whose rewards do not vary (all right or all wrong: zero advantage) are
+    # dropped before the loss, and more prompts are drawn from the same mixture (VAS-weighted and uniform)
+    # to fill prompts_per_step, in at most max_sampling_rounds generation rounds per step
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 4
     output_dir: str = "outputs/run"
     world_size: int = 0  # ranks to fork when not started by torchrun; 0 = tensor_parallel x pipeline_parallel
     # the actor's collectives (NCCL on GPU) run in lockstep: a rank waiting longer than this has a peer
@@ -180,7 +185,14 @@ class TrainConfig:
     rank0_phase_timeout_s: float = 10800.0
 
     def validate(self) -> None:
-        for name in ("steps", "prompts_per_step", "micro_batch_size", "ppo_epochs", "ppo_mini_batches"):
+        for name in (
+            "steps",
+            "prompts_per_step",
+            "micro_batch_size",
+            "ppo_epochs",
+            "ppo_mini_batches",
+            "max_sampling_rounds",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.collective_timeout_s <= 0 or self.rank0_phase_timeout_s <= 0:

@@ -29,7 +29,13 @@ from mmr1_mega.ops import loss_implementation
 from mmr1_mega.sync.sync import sync_weights
 from mmr1_mega.trainer import checkpoint as ckpt
 from mmr1_mega.trainer.handoff import Handoff
-from mmr1_mega.trainer.rollout import generate_and_score, rollout_batch, rollout_metrics
+from mmr1_mega.trainer.rollout import (
+    dynamic_sample,
+    generate_and_score,
+    group_unit,
+    rollout_batch,
+    rollout_metrics,
+)
 from mmr1_mega.trainer.setup import build_run, evaluate
 from mmr1_mega.vas import DistributedVAS
 
@@ -106,38 +112,55 @@ def _train(run, cfg: Config) -> dict:
         run.phase("rollout + reward")
 
         def rollout_and_score(indices, step):
-            rollouts = generate_and_score(
-                run.engine,
-                run.train_data,
-                indices,
-                n,
-                cfg.rollout,
-                cfg.reward,
-                seed=cfg.train.seed * 7_919 + step * 104_729,
-            )
-            vas.observe(indices, rollouts.outcomes())
+            seed = cfg.train.seed * 7_919 + step * 104_729
+
+            def generate(prompts, round_):  # round 0: the step's own prompts (as without dynamic sampling)
+                r = generate_and_score(
+                    run.engine,
+                    run.train_data,
+                    prompts,
+                    n,
+                    cfg.rollout,
+                    cfg.reward,
+                    seed=seed + 1_000_003 * round_,
+                )
+                vas.observe(prompts, r.outcomes())  # every generated group informs VPS, kept or not
+                return r
+
+            rollouts = generate(indices, 0)
+            generated, extra = rollouts, {}
+            if cfg.train.dynamic_sampling:  # zero-variance groups never reach the loss
+                unit = group_unit(n, ps.get_data_parallel_world_size() * cfg.train.ppo_mini_batches)
+                ds = dynamic_sample(
+                    rollouts, B, unit, cfg.train.max_sampling_rounds, vas.extra_indices, generate
+                )
+                rollouts, generated, extra = ds.kept, ds.generated, ds.metrics()
+            metrics = rollout_metrics(generated) | extra | vas.metrics()
+            if not rollouts.prompt_indices:  # nothing with a learning signal: this step trains on nothing
+                return None, metrics
             batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
             batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
-            return batch, rollout_metrics(rollouts) | vas.metrics()
+            return batch, metrics
 
         batch, step_metrics = rank0_phase("rollout + reward", rollout_and_score, indices, step)
         t["rollout"] = time.perf_counter()
         # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
         handoff.to_actor()
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        local = batch.select(range(dp_rank, len(batch), dp))
         temperature = cfg.rollout.temperature or 1.0
-        run.phase("old / ref logprobs")
-        local.old_logp = run.actor.logprobs(local, temperature)
-        if run.reference is not None:
-            local.ref_logp = run.reference.logprobs(local, temperature)
-        if cfg.log.engine_mismatch and local.engine_logp is not None:
-            step_metrics = step_metrics | engine_mismatch(run.actor, local, temperature)
+        train_metrics = {}
+        if batch is not None:
+            local = batch.select(range(dp_rank, len(batch), dp))
+            run.phase("old / ref logprobs")
+            local.old_logp = run.actor.logprobs(local, temperature)
+            if run.reference is not None:
+                local.ref_logp = run.reference.logprobs(local, temperature)
+            if cfg.log.engine_mismatch and local.engine_logp is not None:
+                step_metrics = step_metrics | engine_mismatch(run.actor, local, temperature)
         t["logprob"] = time.perf_counter()
         # 4. PPO epochs over mini-batches: one optimizer step each
-        train_metrics = {}
         run.phase("train")
-        for _ in range(cfg.train.ppo_epochs):
+        for _ in range(cfg.train.ppo_epochs if batch is not None else 0):
             for k in range(cfg.train.ppo_mini_batches):
                 mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
                 train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
@@ -210,7 +233,7 @@ def _perf(t: dict, batch, sync: dict) -> dict:
     keys = ["start"] + phases
     out = {f"time/{p}": t[p] - t[keys[i]] for i, p in enumerate(phases)}
     total = t["sync"] - t["start"]
-    tokens = int(batch.attention_mask.sum())
+    tokens = int(batch.attention_mask.sum()) if batch is not None else 0
     out.update(
         {
             "perf/step_seconds": total,

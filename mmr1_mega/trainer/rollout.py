@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,123 @@ class Rollouts:
             RolloutOutcomes(self.accuracy[i * n : (i + 1) * n], self.response_ids[i * n : (i + 1) * n])
             for i in range(len(self.prompt_indices))
         ]
+
+    def varied_groups(self) -> list[int]:
+        """The groups (prompt positions) whose rewards are not all equal: the only ones with a non-zero
+        group-normalised advantage."""
+        r = np.asarray(self.rewards, dtype=np.float64).reshape(-1, self.n)
+        return [int(g) for g in np.flatnonzero(r.max(axis=1) > r.min(axis=1))]
+
+    def select_groups(self, groups: Sequence[int]) -> Rollouts:
+        """The rollouts of the given groups, in that order (timings and reward metrics kept)."""
+        rows = [g * self.n + j for g in groups for j in range(self.n)]
+
+        def pick(xs):
+            return [xs[r] for r in rows]
+
+        return Rollouts(
+            prompt_indices=[self.prompt_indices[g] for g in groups],
+            n=self.n,
+            response_ids=pick(self.response_ids),
+            texts=pick(self.texts),
+            finish_reasons=pick(self.finish_reasons),
+            rewards=pick(self.rewards),
+            accuracy=pick(self.accuracy),
+            format=pick(self.format),
+            reward_metrics=dict(self.reward_metrics),
+            logprobs=pick(self.logprobs) if self.logprobs is not None else None,
+            generate_seconds=self.generate_seconds,
+            reward_seconds=self.reward_seconds,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Rollouts]) -> Rollouts:
+        """Several calls' rollouts as one (same n): rows appended, times added, reward metrics averaged
+        over responses (the verifier's timeout / error counts added)."""
+        n = parts[0].n
+        if any(p.n != n for p in parts):
+            raise ValueError(f"concat of rollouts with different n: {[p.n for p in parts]}")
+        rows = [len(p.rewards) for p in parts]
+        metrics = {}
+        for key in parts[0].reward_metrics:
+            values = [p.reward_metrics.get(key, 0.0) for p in parts]
+            counted = "verifier_" in key  # counts, not means
+            metrics[key] = (
+                sum(values) if counted else sum(v * r for v, r in zip(values, rows)) / max(sum(rows), 1)
+            )
+        return Rollouts(
+            prompt_indices=[i for p in parts for i in p.prompt_indices],
+            n=n,
+            response_ids=[x for p in parts for x in p.response_ids],
+            texts=[x for p in parts for x in p.texts],
+            finish_reasons=[x for p in parts for x in p.finish_reasons],
+            rewards=[x for p in parts for x in p.rewards],
+            accuracy=[x for p in parts for x in p.accuracy],
+            format=[x for p in parts for x in p.format],
+            reward_metrics=metrics,
+            logprobs=None
+            if any(p.logprobs is None for p in parts)
+            else [x for p in parts for x in p.logprobs],
+            generate_seconds=sum(p.generate_seconds for p in parts),
+            reward_seconds=sum(p.reward_seconds for p in parts),
+        )
+
+
+@dataclass
+class DynamicSample:
+    """One step's dynamic sampling: `kept` reaches the loss; `generated` is everything generated."""
+
+    kept: Rollouts
+    generated: Rollouts
+    rounds: int
+
+    def metrics(self) -> dict[str, float]:
+        generated = len(self.generated.prompt_indices)
+        varied = len(self.generated.varied_groups())
+        kept_rewards = np.asarray(self.kept.rewards, dtype=np.float64).reshape(-1, self.kept.n)
+        return {
+            "dynamic/rounds": float(self.rounds),
+            "dynamic/groups_generated": float(generated),
+            "dynamic/groups_kept": float(len(self.kept.prompt_indices)),
+            "dynamic/dropped_group_frac": 1.0 - varied / max(generated, 1),
+            # groups in the batch the loss sees whose rewards do not vary: 0 by construction
+            "dynamic/zero_std_groups_in_batch": float((kept_rewards.std(axis=1) == 0).sum()),
+        }
+
+
+def group_unit(n: int, rows_divisor: int) -> int:
+    """The fewest groups of n rows whose row count divides evenly by rows_divisor (data-parallel ranks x
+    PPO mini-batches): a batch of a multiple of this many groups gives every rank and mini-batch rows."""
+    return rows_divisor // math.gcd(n, rows_divisor)
+
+
+def dynamic_sample(
+    first: Rollouts,
+    target: int,
+    unit: int,
+    max_rounds: int,
+    draw_more: Callable[[int], Sequence[int]],
+    generate: Callable[[Sequence[int], int], Rollouts],
+) -> DynamicSample:
+    """DAPO's dynamic sampling: keep the groups of `first` whose rewards vary, and while fewer than target
+    are kept and fewer than max_rounds rounds ran, draw more prompts (draw_more(count)) and generate them
+    (generate(indices, round)). Each round draws the missing count divided by the share of groups kept so
+    far (at least 1/8 of the groups assumed kept), so a pool where most groups are uniform is filled in
+    few rounds. The kept groups are cut to target and to a multiple of unit (groups the loss can split
+    evenly); that may leave none, and then the step trains on nothing."""
+    parts, kept = [first], [first.select_groups(first.varied_groups())]
+    n_kept = len(kept[0].prompt_indices)
+    rounds = 1
+    while n_kept < target and rounds < max_rounds:
+        generated = sum(len(p.prompt_indices) for p in parts)
+        share = max(n_kept / generated, 1 / 8)
+        more = generate(list(draw_more(math.ceil((target - n_kept) / share))), rounds)
+        parts.append(more)
+        kept.append(more.select_groups(more.varied_groups()))
+        n_kept += len(kept[-1].prompt_indices)
+        rounds += 1
+    usable = min(target, n_kept) // unit * unit
+    return DynamicSample(Rollouts.concat(kept).select_groups(range(usable)), Rollouts.concat(parts), rounds)
 
 
 def generate_and_score(
@@ -131,6 +249,7 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "reward/all_wrong_group_frac": float((acc.max(axis=1) == 0).mean()),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max(initial=0)),
+        "rollout/response_tokens": float(lengths.sum()),  # every generated token (rollout compute)
         "response/truncated_frac": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
         "time/generate": rollouts.generate_seconds,
         "time/reward": rollouts.reward_seconds,

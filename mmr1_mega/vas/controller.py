@@ -88,6 +88,13 @@ class VarianceAwareSampler:
         self.step += 1
         return indices
 
+    def extra_indices(self, count: int) -> np.ndarray:
+        """count more prompt indices from the current mixture (VPS-weighted share and uniform share),
+        without counting a step or refreshing: dynamic sampling's over-sampling within a step."""
+        if count < 1:
+            raise ValueError(f"count={count}: draw at least one prompt")
+        return self.sampler.draw(count)[0]
+
     def observe(self, indices: Sequence[int], outcomes: Sequence[RolloutOutcomes]) -> None:
         """Online update (cfg.online_update, beyond the paper): fold the batch's rollouts into VPS.
 

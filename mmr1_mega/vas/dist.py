@@ -46,6 +46,13 @@ class DistributedVAS:
 
         return torch.as_tensor(rank0_phase("VAS sample / refresh", draw))
 
+    def extra_indices(self, count: int) -> np.ndarray:
+        """Rank 0 only (inside a rank-0 phase): count more indices from the current mixture, no step
+        counted (VarianceAwareSampler.extra_indices)."""
+        if self.vas is None:
+            raise RuntimeError("extra_indices is drawn on rank 0 only")
+        return self.vas.extra_indices(count)
+
     def observe(self, indices: Sequence[int], outcomes: Sequence[RolloutOutcomes]) -> None:
         """Online update on rank 0; a no-op elsewhere."""
         if self.vas is not None:

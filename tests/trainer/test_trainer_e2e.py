@@ -307,3 +307,24 @@ def test_the_shipped_demo_learns_sft_reads_the_image_and_grpo_beats_it(tmp_path)
     assert [s for s, _ in summary["val_curve"]] == [0, 10]
     assert summary["val_accuracy_after_sft"] >= 0.6, summary
     assert summary["improvement_points"] >= 5.0, summary
+
+
+def test_grpo_with_dynamic_sampling_keeps_zero_variance_groups_out_of_the_loss(task, tmp_path):
+    out = _run(
+        task,
+        tmp_path,
+        "dyn",
+        "train.world_size=2",
+        "train.dynamic_sampling=true",
+        "train.max_sampling_rounds=3",
+    )
+    recs = read_metrics(out / "metrics.jsonl")[1:]
+    assert len(recs) == 3
+    for r in recs:
+        assert r["dynamic/zero_std_groups_in_batch"] == 0
+        assert r["dynamic/groups_generated"] >= 4 and r["dynamic/groups_kept"] <= 4
+        assert 1 <= r["dynamic/rounds"] <= 3
+        # rounds stop once the batch is full
+        assert r["dynamic/rounds"] == 1 or r["dynamic/groups_generated"] > 4
+        assert ("actor/loss" in r) == (r["dynamic/groups_kept"] > 0)  # an empty batch trains on nothing
+        assert r["rollout/response_tokens"] > 0
