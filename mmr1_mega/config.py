@@ -119,12 +119,25 @@ class RolloutConfig:
     # vLLM: how weights reach the servers: reload (safetensors shards in weight_dir, any device), ipc
     # (vLLM's CUDA IPC weight transfer, colocated GPU servers), auto (ipc where it can run, else reload)
     weight_transfer: str = "auto"
+    # 0: on-policy (rollouts of step t generated after step t-1's weights arrived); 1: one step off-policy —
+    # step t+1's rollouts are generated while the actor trains on step t (engines of their own: the local
+    # engine or colocate=false), by the weights of step t-1; loss.tis_cap corrects for it
+    async_steps: int = 0
     server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
     request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
 
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
             raise ConfigError(f"rollout.engine must be local, sglang or vllm, got {self.engine!r}")
+        if self.async_steps not in (0, 1):
+            raise ConfigError(
+                f"rollout.async_steps must be 0 (on-policy) or 1 (one step off-policy), got {self.async_steps}"
+            )
+        if self.async_steps and self.colocate and self.engine != "local":
+            raise ConfigError(
+                "rollout.async_steps=1 generates while the actor trains: colocated engines share the actor's "
+                "GPUs and cannot; set rollout.colocate=false (engines on GPUs of their own) or async_steps=0"
+            )
         if self.weight_transfer not in ("auto", "reload", "ipc"):
             raise ConfigError(
                 f"rollout.weight_transfer must be auto, reload or ipc, got {self.weight_transfer!r}"
@@ -272,6 +285,11 @@ class Config:
         if self.train.micro_batch_size > self.train.prompts_per_step * self.rollout.n_samples:
             raise ConfigError(
                 "train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)"
+            )
+        if self.loss.tis_cap is not None and self.rollout.temperature != 1.0:
+            raise ConfigError(
+                f"loss.tis_cap needs rollout.temperature=1.0 (got {self.rollout.temperature}): the engines "
+                "return raw (pre-temperature) log-probs, which are the sampling policy's only at temperature 1"
             )
         # the other ranks wait for rank 0's rollouts and engine start-up: that wait must outlast both
         wait = self.train.rank0_phase_timeout_s

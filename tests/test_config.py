@@ -140,3 +140,25 @@ def test_rank0_waits_must_outlast_what_rank0_waits_for(key):
     ):
         load_config(None, [f"rollout.{key}=20000", "train.rank0_phase_timeout_s=10000"])
     load_config(None, [f"rollout.{key}=5000", "train.rank0_phase_timeout_s=10000"])
+
+
+def test_async_rollout_needs_engines_that_can_generate_while_the_actor_trains():
+    from mmr1_mega.config import ConfigError, RolloutConfig
+
+    with pytest.raises(ConfigError, match="colocate=false"):
+        RolloutConfig(engine="sglang", colocate=True, async_steps=1).validate()
+    RolloutConfig(engine="local", async_steps=1).validate()
+    RolloutConfig(engine="vllm", colocate=False, engine_gpus=[1], async_steps=1).validate()
+    with pytest.raises(ConfigError, match="0 \\(on-policy\\) or 1"):
+        RolloutConfig(async_steps=2).validate()
+
+
+def test_tis_needs_the_engines_sampling_temperature_to_be_one():
+    from mmr1_mega.config import Config, ConfigError
+
+    cfg = Config()
+    cfg.loss.tis_cap, cfg.rollout.temperature = 2.0, 0.7
+    with pytest.raises(ConfigError, match="tis_cap needs rollout.temperature=1.0"):
+        cfg.validate()
+    cfg.rollout.temperature = 1.0
+    cfg.validate()

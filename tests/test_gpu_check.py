@@ -39,7 +39,13 @@ def test_the_device_check_runs_dry_and_writes_a_complete_report(tmp_path):
     ]
     assert any("cp312" in p.name for p in (ROOT / ".whl").glob("megatron_core-*.whl"))
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["dry_run"] is True and set(report["checks"]) == {"logits", "grpo_demo", "loss_op", "sync", "ipc"}
+    assert report["dry_run"] is True and set(report["checks"]) == {
+        "logits",
+        "grpo_demo",
+        "loss_op",
+        "sync",
+        "ipc",
+    }
     assert report["checks"]["grpo_demo"]["grpo_loss_implementation"] == ["triton-interpreter"]
     assert all(c["off_device"] == [] for c in report["checks"]["logits"]["cases"].values())
 

@@ -28,6 +28,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from mmr1_mega.actor.batch import RolloutBatch
 from mmr1_mega.algo.config import GRPOLossConfig
+from mmr1_mega.algo.loss import tis_weights
 from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import cuda_absent, device
 from mmr1_mega.models.build import build_model
@@ -251,10 +252,16 @@ class MegatronActor:
         """
         per_token = loss_cfg.loss_agg_mode == "token-mean"
 
+        tis = loss_cfg.tis_cap is not None
+        if tis and batch.engine_logp is None:
+            raise ValueError("loss.tis_cap needs the rollout engine's log-probs in the batch (engine_logp)")
+
         def loss(mb, logp, normaliser):
             dev = logp.device
             mask = mb.response_mask.to(dev).bool()
+            behaviour = mb.engine_logp.to(dev) if tis else None
             inputs = [mb.old_logp.to(dev)] + ([] if mb.ref_logp is None else [mb.ref_logp.to(dev)])
+            inputs += [behaviour] if tis else []
             # a NaN / inf input must skip the step whatever the loss implementation does with it
             bad = torch.stack([~torch.isfinite(torch.where(mask, t, 0.0)).all() for t in inputs])
             bad = bad.any() | ~torch.isfinite(mb.advantages).all()
@@ -268,7 +275,16 @@ class MegatronActor:
                 loss_cfg,
                 advantages=mb.advantages.to(dev),
                 loss_normaliser=normaliser,
+                behaviour_logp=behaviour,
             )
+            if tis:  # how far the engine's policy is from the old one, over this micro-batch's tokens
+                w = tis_weights(mb.old_logp.to(dev), torch.where(mask, behaviour, 0.0), loss_cfg)[mask]
+                metrics = metrics | {
+                    "tis_weight_mean": w.mean() if w.numel() else w.new_zeros(()),
+                    "tis_capped_frac": (w >= loss_cfg.tis_cap).float().mean()
+                    if w.numel()
+                    else w.new_zeros(()),
+                }
             return value, metrics | {"nonfinite_inputs": bad.float()}
 
         return self._optimizer_step(batch, loss, per_token, temperature)

@@ -34,6 +34,11 @@ class GRPOLossConfig:
         log_ratio_clamp: ``logp - old_logp`` is clamped to ``[-log_ratio_clamp, log_ratio_clamp]`` before exp.
         norm_length: the constant token count of ``seq-mean-token-sum-norm``; ``None`` means the padded width
             (``max_len``) of the logp tensor.
+        tis_cap: truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings
+            you off-policy RL training"): each token's policy term is weighted by
+            ``min(exp(old_logp - behaviour_logp), tis_cap)``, behaviour_logp being the rollout engine's
+            log-prob of the token — the policy that really sampled it (a step behind under async rollout,
+            or another numeric path, e.g. FP8). ``None`` disables it.
     """
 
     clip_low: float = 0.2
@@ -47,6 +52,7 @@ class GRPOLossConfig:
     adv_eps: float = 1e-6
     log_ratio_clamp: float = 20.0
     norm_length: int | None = None
+    tis_cap: float | None = None
 
     @property
     def kl_estimator_name(self) -> str:
@@ -81,6 +87,8 @@ class GRPOLossConfig:
             raise ValueError(f"loss.adv_eps={self.adv_eps} must be >= 0; default is 1e-6")
         if self.log_ratio_clamp <= 0.0:
             raise ValueError(f"loss.log_ratio_clamp={self.log_ratio_clamp} must be > 0; default is 20")
+        if self.tis_cap is not None and self.tis_cap <= 0.0:
+            raise ValueError(f"loss.tis_cap={self.tis_cap} must be > 0 (typical: 2.0) or None to disable")
         if self.norm_length is not None and self.norm_length < 1:
             raise ValueError(f"loss.norm_length={self.norm_length} must be >= 1 or None (padded width)")
         return self

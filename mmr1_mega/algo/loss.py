@@ -10,6 +10,7 @@ Per token (PPO, arXiv 1707.06347; GRPO, arXiv 2402.03300 Sec. 4.1; MMR1 Sec. 3):
     ratio = exp(clamp(logp - old_logp, -20, 20))
     pg    = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
     pg    = min(pg, -A * c)            if dual_clip_c = c is set and A < 0   (arXiv 1912.09729)
+    pg    = pg * min(exp(clamp(old_logp - behaviour_logp, -20, 20)), tis_cap)   if tis_cap is set (TIS)
     tok   = pg + kl_coef * KL(logp, ref_logp)                                (mmr1_mega.algo.kl)
 
 Aggregation with ``n_i`` valid tokens in sequence i, ``N`` = sum of n_i, ``S`` = number of sequences with at
@@ -65,6 +66,14 @@ def policy_loss_per_token(
     return loss, clipped_low, clipped_high, dual
 
 
+def tis_weights(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, cfg: GRPOLossConfig) -> torch.Tensor:
+    """Truncated importance weights ``min(exp(clamp(old - behaviour)), tis_cap)`` per token, in fp32 (no
+    gradient flows through them: neither input depends on the parameters being trained)."""
+    d = old_logp.to(torch.float32) - behaviour_logp.to(torch.float32)
+    w = torch.exp(torch.clamp(d, -cfg.log_ratio_clamp, cfg.log_ratio_clamp))
+    return torch.clamp(w, max=cfg.tis_cap)
+
+
 def aggregation_weights(
     mask: torch.Tensor, cfg: GRPOLossConfig, loss_normaliser: Normaliser = None
 ) -> torch.Tensor:
@@ -103,11 +112,13 @@ def grpo_loss_reference(
     cfg: GRPOLossConfig,
     advantages: torch.Tensor | None = None,
     loss_normaliser: Normaliser = None,
+    behaviour_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss and its metrics in eager torch (fp32 arithmetic); differentiable in ``logp``.
 
     Takes: see the module docstring for layout and formulas. ``advantages`` (``[num_seqs]``), when given,
     replaces the advantages computed from ``rewards`` / ``group_ids`` (then those two may be None).
+    ``behaviour_logp`` (same layout as logp): the rollout engine's log-probs, needed when ``cfg.tis_cap``.
     Returns:
         ``(loss, metrics)``: a 0-dim fp32 loss and a dict of 0-dim fp32 device tensors (no host sync):
         ``pg_loss`` (the aggregated policy term), ``pg_clipfrac_low``, ``pg_clipfrac_high``,
@@ -118,7 +129,7 @@ def grpo_loss_reference(
     Raises:
         ValueError: on mismatched shapes, missing inputs or a bad config.
     """
-    check_loss_inputs(logp, old_logp, ref_logp, mask, rewards, group_ids, cfg, advantages)
+    check_loss_inputs(logp, old_logp, ref_logp, mask, rewards, group_ids, cfg, advantages, behaviour_logp)
     if advantages is None:
         advantages = compute_advantages(rewards, group_ids, cfg)
     adv = advantages.to(torch.float32)
@@ -127,6 +138,8 @@ def grpo_loss_reference(
     logp_v = torch.where(valid, logp.to(torch.float32), 0.0)
     old_v = torch.where(valid, old_logp.to(torch.float32), 0.0)
     pg, clip_lo, clip_hi, dual = policy_loss_per_token(logp_v, old_v, adv[:, None], cfg)
+    if cfg.tis_cap is not None:
+        pg = pg * tis_weights(old_v, torch.where(valid, behaviour_logp.to(torch.float32), 0.0), cfg)
     if ref_logp is not None:
         kl = kl_penalty(logp_v, torch.where(valid, ref_logp.to(torch.float32), 0.0), cfg.kl_estimator)
     else:
@@ -166,6 +179,7 @@ def check_loss_inputs(
     group_ids: torch.Tensor | None,
     cfg: GRPOLossConfig,
     advantages: torch.Tensor | None,
+    behaviour_logp: torch.Tensor | None = None,
 ) -> None:
     """Validate shapes and the presence of inputs (shape checks only: no host sync).
 
@@ -178,6 +192,13 @@ def check_loss_inputs(
             f"logp has shape {tuple(logp.shape)}; expected a non-empty [num_seqs, max_len] padded with a mask"
         )
     named = {"old_logp": old_logp, "mask": mask} | ({"ref_logp": ref_logp} if ref_logp is not None else {})
+    if cfg.tis_cap is not None:
+        if behaviour_logp is None:
+            raise ValueError(
+                f"tis_cap={cfg.tis_cap} needs behaviour_logp (the rollout engine's log-probs); pass them or "
+                "set tis_cap=None"
+            )
+        named["behaviour_logp"] = behaviour_logp
     for name, t in named.items():
         if t.shape != logp.shape:
             raise ValueError(

@@ -46,6 +46,7 @@ def grpo_loss(
     cfg: GRPOLossConfig,
     advantages: torch.Tensor | None = None,
     loss_normaliser: Normaliser = None,
+    behaviour_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss (group-normalised advantage, clipped policy loss, KL penalty) and its metrics.
 
@@ -60,6 +61,7 @@ def grpo_loss(
             whole batch): use this inside micro-batches, which may hold only part of a group.
         loss_normaliser: replaces the local token count (token-mean) or sequence count (seq-mean-*), e.g.
             the global count over data-parallel ranks and micro-batches; a number or a 0-dim tensor.
+        behaviour_logp: same shape, the rollout engine's log-probs (needed when ``cfg.tis_cap`` is set).
     Returns:
         ``(loss, metrics)``: 0-dim fp32 loss (backward gives d loss / d logp in logp's dtype) and a dict of
         0-dim fp32 tensors on logp's device, computed without a host sync (keys: see
@@ -67,14 +69,24 @@ def grpo_loss(
     Raises:
         ValueError: on mismatched shapes, missing inputs or a bad config (before any kernel runs).
     """
-    check_loss_inputs(logp, old_logp, ref_logp, mask, rewards, group_ids, cfg, advantages)
+    check_loss_inputs(logp, old_logp, ref_logp, mask, rewards, group_ids, cfg, advantages, behaviour_logp)
     if not triton_usable(logp.device):
         return grpo_loss_reference(
-            logp, old_logp, ref_logp, mask, rewards, group_ids, cfg, advantages, loss_normaliser
+            logp,
+            old_logp,
+            ref_logp,
+            mask,
+            rewards,
+            group_ids,
+            cfg,
+            advantages,
+            loss_normaliser,
+            behaviour_logp,
         )
     has_rewards = rewards is not None and group_ids is not None
+    beh = behaviour_logp if cfg.tis_cap is not None else None
     loss, metric_vec = _GRPOLossFunction.apply(
-        logp, old_logp, ref_logp, mask, rewards, group_ids, advantages, loss_normaliser, cfg
+        logp, old_logp, ref_logp, mask, rewards, group_ids, advantages, loss_normaliser, cfg, beh
     )
     names = kernels().METRIC_NAMES
     metrics = {
@@ -121,7 +133,9 @@ class _GRPOLossFunction(torch.autograd.Function):
     """Forward: advantages (unless given), the one token pass, the finishing reduction. Backward: one scale."""
 
     @staticmethod
-    def forward(ctx, logp, old_logp, ref_logp, mask, rewards, group_ids, advantages, loss_normaliser, cfg):
+    def forward(
+        ctx, logp, old_logp, ref_logp, mask, rewards, group_ids, advantages, loss_normaliser, cfg, beh
+    ):
         k = kernels()
         dev = logp.device
         num_seqs, max_len = logp.shape
@@ -157,6 +171,8 @@ class _GRPOLossFunction(torch.autograd.Function):
         logp_c, old_c, mask_c = _as_rowmajor(logp), _as_rowmajor(old_logp), _as_rowmajor(mask)
         has_ref = ref_logp is not None
         ref_c = _as_rowmajor(ref_logp) if has_ref else logp_c
+        has_tis = beh is not None
+        beh_c = _as_rowmajor(beh) if has_tis else logp_c
         graw = torch.empty(num_seqs, max_len, **f32)
         rowstats = torch.empty(k.NUM_ROW_STATS, num_seqs, **f32)
         block_r, block_t = _token_blocks(num_seqs, max_len, interpreted)
@@ -164,6 +180,7 @@ class _GRPOLossFunction(torch.autograd.Function):
             logp_c,
             old_c,
             ref_c,
+            beh_c,
             mask_c,
             adv,
             graw,
@@ -173,13 +190,16 @@ class _GRPOLossFunction(torch.autograd.Function):
             logp_c.stride(0),
             old_c.stride(0),
             ref_c.stride(0),
+            beh_c.stride(0),
             mask_c.stride(0),
             cfg.clip_low,
             cfg.clip_high,
             float(cfg.dual_clip_c or 0.0),
             cfg.kl_coef,
             cfg.log_ratio_clamp,
+            float(cfg.tis_cap or 0.0),
             HAS_REF=has_ref,
+            HAS_TIS=has_tis,
             HAS_DUAL=cfg.dual_clip_c is not None,
             KL_MODE=KL_ESTIMATORS.index(cfg.kl_estimator_name),
             BLOCK_R=block_r,
@@ -240,4 +260,4 @@ class _GRPOLossFunction(torch.autograd.Function):
             BLOCK_T=block_t,
             num_warps=4,
         )
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None

@@ -123,6 +123,7 @@ def token_forward_kernel(
     logp_ptr,
     old_ptr,
     ref_ptr,
+    beh_ptr,
     mask_ptr,
     adv_ptr,
     graw_ptr,
@@ -132,13 +133,16 @@ def token_forward_kernel(
     stride_logp,
     stride_old,
     stride_ref,
+    stride_beh,
     stride_mask,
     clip_lo,
     clip_hi,
     dual_c,
     kl_coef,
     log_ratio_clamp,
+    tis_cap,
     HAS_REF: tl.constexpr,
+    HAS_TIS: tl.constexpr,
     HAS_DUAL: tl.constexpr,
     KL_MODE: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -190,6 +194,12 @@ def token_forward_kernel(
             d_pg = tl.where(is_dual, 0.0, d_pg)
         else:
             is_dual = tl.full([BLOCK_R, BLOCK_T], 0, tl.int1)
+        if HAS_TIS:  # truncated importance weight of the behaviour (engine) policy: a constant per token
+            b = tl.load(beh_ptr + rows64[:, None] * stride_beh + cols[None, :], mask=valid, other=0.0)
+            w = tl.exp(tl.minimum(tl.maximum(o - b.to(tl.float32), -log_ratio_clamp), log_ratio_clamp))
+            w = tl.minimum(w, tis_cap)
+            pg = pg * w
+            d_pg = d_pg * w
         g = d_pg
 
         if HAS_REF:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
@@ -101,115 +102,141 @@ def _train(run, cfg: Config) -> dict:
             run.logger.log(0, evaluate(run, cfg, seed=cfg.train.seed))
 
         rank0_phase("validate the starting policy", validate_start)
-    for step in range(start + 1, cfg.train.steps + 1):
-        t = {"start": time.perf_counter()}
-        vas_step[0] = step
-        run.phase("sample (VAS)")
-        # 1. VAS draws the prompts on rank 0 (refreshing VPS when due) and broadcasts the indices
-        indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
-        t["sample"] = time.perf_counter()
-        # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
-        run.phase("rollout + reward")
+    # rollout.async_steps=1: a worker thread on rank 0 generates the next step's rollouts while the actor
+    # trains (`pending`); `engine_version` is the policy step the engine serves
+    asynchronous = bool(cfg.rollout.async_steps)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="async-rollout") if asynchronous and rank0 else None
+    pending = None
+    engine_version = start
+    ready = None  # async: the next step's (batch, metrics), received at the end of the step before
 
-        def rollout_and_score(indices, step):
-            seed = cfg.train.seed * 7_919 + step * 104_729
+    def rollout_and_score(indices, step, version):
+        seed = cfg.train.seed * 7_919 + step * 104_729
 
-            def generate(prompts, round_):  # round 0: the step's own prompts (as without dynamic sampling)
-                r = generate_and_score(
-                    run.engine,
-                    run.train_data,
-                    prompts,
-                    n,
-                    cfg.rollout,
-                    cfg.reward,
-                    seed=seed + 1_000_003 * round_,
-                )
-                vas.observe(prompts, r.outcomes())  # every generated group informs VPS, kept or not
-                return r
-
-            rollouts = generate(indices, 0)
-            generated, extra = rollouts, {}
-            if cfg.train.dynamic_sampling:  # zero-variance groups never reach the loss
-                unit = group_unit(n, ps.get_data_parallel_world_size() * cfg.train.ppo_mini_batches)
-                ds = dynamic_sample(
-                    rollouts, B, unit, cfg.train.max_sampling_rounds, vas.extra_indices, generate
-                )
-                rollouts, generated, extra = ds.kept, ds.generated, ds.metrics()
-            metrics = rollout_metrics(generated) | extra | vas.metrics()
-            if not rollouts.prompt_indices:  # nothing with a learning signal: this step trains on nothing
-                return None, metrics
-            batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
-            batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
-            return batch, metrics
-
-        batch, step_metrics = rank0_phase("rollout + reward", rollout_and_score, indices, step)
-        t["rollout"] = time.perf_counter()
-        # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
-        handoff.to_actor()
-        dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        temperature = cfg.rollout.temperature or 1.0
-        train_metrics = {}
-        if batch is not None:
-            local = batch.select(range(dp_rank, len(batch), dp))
-            run.phase("old / ref logprobs")
-            local.old_logp = run.actor.logprobs(local, temperature)
-            if run.reference is not None:
-                local.ref_logp = run.reference.logprobs(local, temperature)
-            if cfg.log.engine_mismatch and local.engine_logp is not None:
-                step_metrics = step_metrics | engine_mismatch(run.actor, local, temperature)
-        t["logprob"] = time.perf_counter()
-        # 4. PPO epochs over mini-batches: one optimizer step each
-        run.phase("train")
-        for _ in range(cfg.train.ppo_epochs if batch is not None else 0):
-            for k in range(cfg.train.ppo_mini_batches):
-                mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
-                train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
-        t["train"] = time.perf_counter()
-        # 5. new weights into the rollout engine
-        run.phase("weight sync")
-        sync = handoff.to_engine(push_weights)
-        t["sync"] = time.perf_counter()
-
-        # 6. validation, logs, checkpoint
-        def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
-            metrics = dict(step_metrics) | impl
-            metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
-            metrics.update(_perf(t, batch, sync))
-            if cfg.train.val_every_steps and (
-                step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
-            ):
-                run.phase("validate")
-                metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
-            run.logger.log(step, metrics)
-            run.progress(step)
-            return metrics
-
-        metrics = rank0_phase(
-            "validate + log", validate_and_log, step, step_metrics, train_metrics, t, batch, sync
-        )
-        due = cfg.checkpoint.save_every_steps and (
-            step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
-        )
-        stop = stop_requested_anywhere()  # SIGTERM / SIGUSR1 on any rank: checkpoint, then stop
-        if due or stop:
-            run.phase("checkpoint")
-            run.actor.onload()  # parked by a colocated hand-off: the state is saved from where it computes
-            path = ckpt.save_checkpoint(
-                cfg.train.output_dir,
-                step,
-                run.actor,
-                {
-                    "vas": vas.state_dict() if rank0 else None,
-                    "wandb_run_id": run.logger.wandb_run_id if rank0 else None,
-                },
-                cfg.checkpoint.keep_last,
+        def generate(prompts, round_):  # round 0: the step's own prompts (as without dynamic sampling)
+            r = generate_and_score(
+                run.engine,
+                run.train_data,
+                prompts,
+                n,
+                cfg.rollout,
+                cfg.reward,
+                seed=seed + 1_000_003 * round_,
             )
-            handoff.park()
-        if stop:
-            raise Preempted(
-                f"stopped by {stop_signal() or 'a signal to another rank'} after step {step}: checkpoint "
-                f"{path} written; continue with checkpoint.resume=auto"
+            vas.observe(prompts, r.outcomes())  # every generated group informs VPS, kept or not
+            return r
+
+        rollouts = generate(indices, 0)
+        generated, extra = rollouts, {}
+        if cfg.train.dynamic_sampling:  # zero-variance groups never reach the loss
+            unit = group_unit(n, ps.get_data_parallel_world_size() * cfg.train.ppo_mini_batches)
+            ds = dynamic_sample(rollouts, B, unit, cfg.train.max_sampling_rounds, vas.extra_indices, generate)
+            rollouts, generated, extra = ds.kept, ds.generated, ds.metrics()
+        # optimizer steps between the policy that generated and the one that trains (which has step - 1)
+        metrics = rollout_metrics(generated) | extra | vas.metrics()
+        metrics["rollout/staleness"] = float(step - 1 - version)
+        if not rollouts.prompt_indices:  # nothing with a learning signal: this step trains on nothing
+            return None, metrics
+        batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
+        batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
+        return batch, metrics
+
+    try:
+        for step in range(start + 1, cfg.train.steps + 1):
+            t = {"start": time.perf_counter()}
+            vas_step[0] = step
+            run.phase("sample (VAS)")
+            if not asynchronous or ready is None:
+                # 1. VAS draws the prompts on rank 0 (refreshing VPS when due) and broadcasts the indices
+                indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
+                t["sample"] = time.perf_counter()
+                # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
+                run.phase("rollout + reward")
+                batch, step_metrics = rank0_phase(
+                    "rollout + reward", rollout_and_score, indices, step, engine_version
+                )
+            else:  # async: generated while the previous step trained
+                batch, step_metrics = ready
+                t["sample"] = time.perf_counter()
+            started = asynchronous and step < cfg.train.steps
+            if started:  # the next step's prompts (every rank draws), generated on rank 0 from now on
+                nxt = vas.next_indices(B, score_fn if rank0 else None).tolist()
+                pending = pool.submit(rollout_and_score, nxt, step + 1, engine_version) if rank0 else None
+            t["rollout"] = time.perf_counter()
+            # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
+            handoff.to_actor()
+            dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+            temperature = cfg.rollout.temperature or 1.0
+            train_metrics = {}
+            if batch is not None:
+                local = batch.select(range(dp_rank, len(batch), dp))
+                run.phase("old / ref logprobs")
+                local.old_logp = run.actor.logprobs(local, temperature)
+                if run.reference is not None:
+                    local.ref_logp = run.reference.logprobs(local, temperature)
+                if cfg.log.engine_mismatch and local.engine_logp is not None:
+                    step_metrics = step_metrics | engine_mismatch(run.actor, local, temperature)
+            t["logprob"] = time.perf_counter()
+            # 4. PPO epochs over mini-batches: one optimizer step each
+            run.phase("train")
+            for _ in range(cfg.train.ppo_epochs if batch is not None else 0):
+                for k in range(cfg.train.ppo_mini_batches):
+                    mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
+                    train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
+            t["train"] = time.perf_counter()
+            # 5. new weights into the rollout engine (async: once the generation in flight is done)
+            if started:
+                run.phase("rollout + reward (next step, generated during training)")
+                ready = rank0_phase("rollout + reward (async)", lambda work=pending: work.result())
+                pending = None
+            run.phase("weight sync")
+            sync = handoff.to_engine(push_weights)
+            engine_version = step
+            t["sync"] = time.perf_counter()
+
+            # 6. validation, logs, checkpoint
+            def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
+                metrics = dict(step_metrics) | impl
+                metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
+                metrics.update(_perf(t, batch, sync))
+                if cfg.train.val_every_steps and (
+                    step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
+                ):
+                    run.phase("validate")
+                    metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
+                run.logger.log(step, metrics)
+                run.progress(step)
+                return metrics
+
+            metrics = rank0_phase(
+                "validate + log", validate_and_log, step, step_metrics, train_metrics, t, batch, sync
             )
+            due = cfg.checkpoint.save_every_steps and (
+                step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
+            )
+            stop = stop_requested_anywhere()  # SIGTERM / SIGUSR1 on any rank: checkpoint, then stop
+            if due or stop:
+                run.phase("checkpoint")
+                run.actor.onload()  # parked by a colocated hand-off: the state is saved from where it computes
+                path = ckpt.save_checkpoint(
+                    cfg.train.output_dir,
+                    step,
+                    run.actor,
+                    {
+                        "vas": vas.state_dict() if rank0 else None,
+                        "wandb_run_id": run.logger.wandb_run_id if rank0 else None,
+                    },
+                    cfg.checkpoint.keep_last,
+                )
+                handoff.park()
+            if stop:
+                raise Preempted(
+                    f"stopped by {stop_signal() or 'a signal to another rank'} after step {step}: checkpoint "
+                    f"{path} written; continue with checkpoint.resume=auto"
+                )
+    finally:
+        if pool is not None:  # a failed step may leave a generation running: do not wait for it
+            pool.shutdown(wait=False, cancel_futures=True)
     return metrics
 
 

@@ -58,6 +58,8 @@ def fp64_grpo(
     advantages=None,
     normaliser=None,
     norm_length=None,
+    behaviour=None,
+    tis_cap=None,
 ):
     """Returns (loss, grad wrt logp as fp64, metrics dict of Python floats)."""
     x = logp.detach().to(torch.float64).requires_grad_()
@@ -83,6 +85,9 @@ def fp64_grpo(
         if dual_c is not None and a < 0:
             n_dual += int((surr > -a * dual_c).sum())
             surr = torch.clamp(surr, max=-a * dual_c)
+        if tis_cap is not None:  # min(pi_old / pi_behaviour, cap), per token
+            w = torch.exp(torch.clamp(oi - behaviour[i][keep].to(torch.float64), -20, 20))
+            surr = surr * torch.clamp(w, max=tis_cap)
         tok = surr
         if ref is not None:
             k = fp64_kl(xi, ref[i][keep].to(torch.float64), kl)

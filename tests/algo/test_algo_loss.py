@@ -14,12 +14,12 @@ def _seed() -> int:
     return int(torch.randint(0, 10**6, ()))
 
 
-def _check(cfg, batch, advantages=None, normaliser=None, ref=True):
+def _check(cfg, batch, advantages=None, normaliser=None, ref=True, behaviour=None):
     logp, old, ref_logp, mask, rewards, group_ids = batch
     ref_logp = ref_logp if ref else None
     x = logp.clone().requires_grad_()
     loss, metrics = grpo_loss_reference(
-        x, old, ref_logp, mask, rewards, group_ids, cfg, advantages, normaliser
+        x, old, ref_logp, mask, rewards, group_ids, cfg, advantages, normaliser, behaviour
     )
     (grad,) = torch.autograd.grad(loss, x)
     want_loss, want_grad, want_metrics = fp64_grpo(
@@ -41,6 +41,8 @@ def _check(cfg, batch, advantages=None, normaliser=None, ref=True):
         advantages=advantages,
         normaliser=normaliser,
         norm_length=cfg.norm_length,
+        behaviour=behaviour,
+        tis_cap=cfg.tis_cap,
     )
     assert loss.item() == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
     # fp32 vs fp64: rounding is absolute (e.g. exp(x) - 1 near 0), so bound it by the largest gradient.
@@ -65,6 +67,29 @@ def test_reference_matches_fp64_with_dual_clip_and_the_dual_clip_fires():
     cfg = GRPOLossConfig(dual_clip_c=2.0, loss_agg_mode="seq-mean-token-mean")
     _, _, metrics = _check(cfg, make_batch([8, 8, 8], 32, seed=_seed(), reward="uniform"))
     assert metrics["pg_clipfrac_dual"] > 0
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum"])
+def test_reference_matches_fp64_with_truncated_importance_weights_that_hit_the_cap(mode):
+    cfg = GRPOLossConfig(tis_cap=1.5, loss_agg_mode=mode, kl_coef=0.05, dual_clip_c=3.0)
+    batch = make_batch([6, 4, 6], 24, seed=_seed(), reward="uniform")
+    old, mask = batch[1], batch[3]
+    g = torch.Generator().manual_seed(_seed())
+    behaviour = old + 0.6 * torch.randn(old.shape, generator=g)  # engine log-probs off by up to ~2 nats
+    w = torch.exp(old - behaviour)[mask != 0]
+    assert (w > 1.5).any() and (w < 1).any()  # the cap truncates some tokens, others are down-weighted
+    loss, _, _ = _check(cfg, batch, behaviour=behaviour)
+    untruncated, _, _ = _check(GRPOLossConfig(loss_agg_mode=mode, kl_coef=0.05, dual_clip_c=3.0), batch)
+    assert loss.item() != pytest.approx(untruncated.item(), rel=1e-3)  # the weights act
+    # a behaviour policy equal to the old one gives weight 1: the plain loss
+    same, _, _ = _check(cfg, batch, behaviour=old.clone())
+    assert same.item() == pytest.approx(untruncated.item(), rel=1e-6, abs=1e-7)
+
+
+def test_tis_without_behaviour_logprobs_is_rejected_before_work():
+    batch = make_batch([4], 8, seed=0)
+    with pytest.raises(ValueError, match="tis_cap=2.0 needs behaviour_logp"):
+        grpo_loss_reference(*batch, GRPOLossConfig(tis_cap=2.0))
 
 
 @pytest.mark.parametrize("unbiased", [True, False])

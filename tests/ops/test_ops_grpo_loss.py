@@ -30,7 +30,7 @@ def _assert_grad_close(got, want, rel=1e-5):
     torch.testing.assert_close(got.float(), want.float(), rtol=rel, atol=rel * float(want.abs().max()))
 
 
-def _compare(cfg, batch, advantages=None, normaliser=None, ref=True):
+def _compare(cfg, batch, advantages=None, normaliser=None, ref=True, behaviour=None):
     """Kernel vs reference on the same inputs; returns the kernel's (loss, metrics, grad).
 
     Tolerances: the loss and the metrics are means of O(1) per-token terms (ratios, clipped ratios, KL
@@ -42,7 +42,7 @@ def _compare(cfg, batch, advantages=None, normaliser=None, ref=True):
     """
     logp, old, ref_logp, mask, rewards, group_ids = batch
     args = (old, ref_logp if ref else None, mask, rewards, group_ids, cfg)
-    kw = dict(advantages=advantages, loss_normaliser=normaliser)
+    kw = dict(advantages=advantages, loss_normaliser=normaliser, behaviour_logp=behaviour)
     got = _run(grpo_loss, logp, *args, **kw)
     want = _run(grpo_loss_reference, logp, *args, **kw)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
@@ -69,6 +69,20 @@ def test_kernel_matches_reference_with_dual_clip_firing(mode):
     cfg = GRPOLossConfig(dual_clip_c=2.0, loss_agg_mode=mode, kl_coef=0.01)
     _, metrics, _ = _compare(cfg, make_batch([8, 8, 8], 48, seed=_seed(), reward="uniform"))
     assert metrics["pg_clipfrac_dual"] > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference_with_truncated_importance_sampling(mode, dtype):
+    cfg = GRPOLossConfig(tis_cap=2.0, dual_clip_c=3.0, loss_agg_mode=mode, kl_coef=0.02)
+    batch = make_batch([8, 4, 8], 40, seed=_seed(), reward="uniform", dtype=dtype, empty_rows=(3,))
+    old = batch[1]
+    g = torch.Generator().manual_seed(_seed())
+    behaviour = (old.float() + 0.7 * torch.randn(old.shape, generator=g)).to(dtype)
+    behaviour[~(batch[3] != 0)] = float("nan")  # padded positions are never read
+    assert (torch.exp(old.float() - behaviour.float())[batch[3] != 0] > 2.0).any()  # the cap fires
+    loss, _, _ = _compare(cfg, batch, behaviour=behaviour)
+    assert torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
