@@ -1,8 +1,9 @@
 """The GRPO + VAS loop (MMR1, arXiv 2509.21268, Algorithm 1), top to bottom.
 
 Every rank runs this function. Rank 0 owns the data, the rollout engine, the rewards, the VAS state and
-the logs; it builds each step's batch and broadcasts it; every rank trains its data-parallel share on the
-megatron actor; the actor's weights then flow into the engine.
+the logs; it builds each step's batch and sends each data-parallel replica its share as tensors
+(distributed/batch_scatter.py); every rank trains its share on the megatron actor; the actor's weights then
+flow into the engine. With rollout.async_steps=1 the next step's rollouts are generated during training.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from megatron.core import parallel_state as ps
 from mmr1_mega.algo import compute_advantages
 from mmr1_mega.algo.mismatch import combine_mismatch, mismatch_stats
 from mmr1_mega.config import Config, dump_config
+from mmr1_mega.distributed.batch_scatter import scatter_batch
 from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.distributed.cpu import device
 from mmr1_mega.distributed.signals import (
@@ -141,6 +143,15 @@ def _train(run, cfg: Config) -> dict:
         batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
         return batch, metrics
 
+    held = {}  # rank 0: the step batch, which leaves rank 0 only as each replica's share (scatter_batch)
+
+    def keep_batch(result):
+        """Rank 0 keeps (batch, metrics)'s batch; every rank learns whether there is one, its token
+        count and the metrics."""
+        batch, metrics = result
+        held["batch"] = batch
+        return batch is not None, (int(batch.attention_mask.sum()) if batch is not None else 0), metrics
+
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             t = {"start": time.perf_counter()}
@@ -150,26 +161,27 @@ def _train(run, cfg: Config) -> dict:
                 # 1. VAS draws the prompts on rank 0 (refreshing VPS when due) and broadcasts the indices
                 indices = vas.next_indices(B, score_fn if rank0 else None).tolist()
                 t["sample"] = time.perf_counter()
-                # 2. rollouts and rewards (rank 0), the batch with group-normalised advantages, to every rank
+                # 2. rollouts and rewards (rank 0): the batch with group-normalised advantages stays there
                 run.phase("rollout + reward")
-                batch, step_metrics = rank0_phase(
-                    "rollout + reward", rollout_and_score, indices, step, engine_version
+                has_batch, tokens, step_metrics = rank0_phase(
+                    "rollout + reward",
+                    lambda args: keep_batch(rollout_and_score(*args)),
+                    (indices, step, engine_version),
                 )
             else:  # async: generated while the previous step trained
-                batch, step_metrics = ready
+                has_batch, tokens, step_metrics = ready
                 t["sample"] = time.perf_counter()
             started = asynchronous and step < cfg.train.steps
             if started:  # the next step's prompts (every rank draws), generated on rank 0 from now on
                 nxt = vas.next_indices(B, score_fn if rank0 else None).tolist()
                 pending = pool.submit(rollout_and_score, nxt, step + 1, engine_version) if rank0 else None
             t["rollout"] = time.perf_counter()
-            # 3. this data-parallel rank's share; old and reference log-probs (last pipeline stage)
+            # 3. each data-parallel replica's share, as tensors; old and reference log-probs (last stage)
             handoff.to_actor()
-            dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
             temperature = cfg.rollout.temperature or 1.0
             train_metrics = {}
-            if batch is not None:
-                local = batch.select(range(dp_rank, len(batch), dp))
+            if has_batch:
+                local = scatter_batch(held.pop("batch") if rank0 else None)  # this replica's rows, as tensors
                 run.phase("old / ref logprobs")
                 local.old_logp = run.actor.logprobs(local, temperature)
                 if run.reference is not None:
@@ -179,7 +191,7 @@ def _train(run, cfg: Config) -> dict:
             t["logprob"] = time.perf_counter()
             # 4. PPO epochs over mini-batches: one optimizer step each
             run.phase("train")
-            for _ in range(cfg.train.ppo_epochs if batch is not None else 0):
+            for _ in range(cfg.train.ppo_epochs if has_batch else 0):
                 for k in range(cfg.train.ppo_mini_batches):
                     mini = local.select(range(k, len(local), cfg.train.ppo_mini_batches))
                     train_metrics = run.actor.train_step(mini, cfg.loss, temperature)
@@ -187,7 +199,9 @@ def _train(run, cfg: Config) -> dict:
             # 5. new weights into the rollout engine (async: once the generation in flight is done)
             if started:
                 run.phase("rollout + reward (next step, generated during training)")
-                ready = rank0_phase("rollout + reward (async)", lambda work=pending: work.result())
+                ready = rank0_phase(
+                    "rollout + reward (async)", lambda work=pending: keep_batch(work.result())
+                )
                 pending = None
             run.phase("weight sync")
             sync = handoff.to_engine(push_weights)
@@ -195,10 +209,10 @@ def _train(run, cfg: Config) -> dict:
             t["sync"] = time.perf_counter()
 
             # 6. validation, logs, checkpoint
-            def validate_and_log(step, step_metrics, train_metrics, t, batch, sync):
+            def validate_and_log(step, step_metrics, train_metrics, t, tokens, sync):
                 metrics = dict(step_metrics) | impl
                 metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
-                metrics.update(_perf(t, batch, sync))
+                metrics.update(_perf(t, tokens, sync))
                 if cfg.train.val_every_steps and (
                     step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
                 ):
@@ -209,7 +223,7 @@ def _train(run, cfg: Config) -> dict:
                 return metrics
 
             metrics = rank0_phase(
-                "validate + log", validate_and_log, step, step_metrics, train_metrics, t, batch, sync
+                "validate + log", validate_and_log, step, step_metrics, train_metrics, t, tokens, sync
             )
             due = cfg.checkpoint.save_every_steps and (
                 step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
@@ -253,14 +267,13 @@ def engine_mismatch(actor, local, temperature: float) -> dict[str, float]:
     return combine_mismatch(parts)
 
 
-def _perf(t: dict, batch, sync: dict) -> dict:
+def _perf(t: dict, tokens: int, sync: dict) -> dict:
     # time/sample includes a VAS refresh when one was due (its own time: vas/last_refresh_s);
     # time/rollout = generation (time/generate) + rewards (time/reward) + building and sending the batch
     phases = ["sample", "rollout", "logprob", "train", "sync"]
     keys = ["start"] + phases
     out = {f"time/{p}": t[p] - t[keys[i]] for i, p in enumerate(phases)}
     total = t["sync"] - t["start"]
-    tokens = int(batch.attention_mask.sum()) if batch is not None else 0
     out.update(
         {
             "perf/step_seconds": total,
