@@ -26,12 +26,16 @@ class RankFailed(RuntimeError):
     """A rank raised; the message carries its traceback."""
 
 
-def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs: dict, queue) -> None:
+def _worker(
+    rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs: dict, queue, nodes: int = 1
+) -> None:
+    per_node = world // nodes  # "nodes" on one machine: what torchrun would set on each node
     os.environ.update(
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str(rank % per_node),
+        GROUP_RANK=str(rank // per_node),
         WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(per_node),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
@@ -110,20 +114,26 @@ def check_fork_safe() -> None:
         )
 
 
-def run_on_ranks(fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, **kwargs: Any) -> list:
+def run_on_ranks(
+    fn: Callable, world_size: int, *args: Any, timeout_s: float = 900, nodes: int = 1, **kwargs: Any
+) -> list:
     """Run fn(*args, **kwargs) on world_size forked ranks; returns the per-rank results in rank order.
 
+    nodes: lay the ranks out as this many "nodes" of world_size / nodes ranks (LOCAL_RANK, LOCAL_WORLD_SIZE
+    and GROUP_RANK as torchrun sets them on each node), so multi-node code runs on one machine.
     Raises RankFailed with the first failing rank's traceback, or TimeoutError.
     fn must be importable (a module-level function) and its results picklable.
     """
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         return [fn(*args, **kwargs)]
+    if nodes < 1 or world_size % nodes:
+        raise ValueError(f"{world_size} ranks cannot be laid out as {nodes} nodes of equal size")
     check_fork_safe()
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = free_port()
     procs = [
-        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, kwargs, queue), daemon=False)
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, kwargs, queue, nodes), daemon=False)
         for r in range(world_size)
     ]
     for p in procs:

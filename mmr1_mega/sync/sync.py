@@ -10,6 +10,11 @@ Who does what (collective over every rank of the actor):
   then each later stage's buckets in stage order;
 - every other rank (DP replicas > 0) waits at the closing barrier.
 Global rank 0 brackets the update with engine.begin_update() / end_update() (pause, flush, continue).
+"fanout" (engines placed per node: each node's local rank 0 holds a client of that node's engines): every
+stage's buckets reach every holder, the stage leader broadcasting each bucket in a group of itself and the
+holders that do not compute that stage's tensors themselves (a holder among the stage's TP ranks of
+replica 0 buckets its own all-gathered stream); stages go in order, so no rank waits on a later stage; each
+holder brackets its own engines' update. Each holder receives the model once.
 At most one bucket per stage is in flight, so the full model never sits in memory.
 """
 
@@ -44,21 +49,68 @@ def _layout() -> dict:
     }
 
 
-def _roles(engine) -> tuple[str, dict[int, int]]:
-    """The mode ("direct" | "relay") and the global rank of each stage's leader."""
+def _roles(engine, fanout: bool = False) -> tuple[str, dict[int, int], list[dict]]:
+    """The mode ("direct" | "relay" | "fanout"), the global rank of each stage's leader, and every rank's
+    layout (with whether it holds an engine)."""
     me = _layout() | {"engine": engine is not None}
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, me)
     leaders = {r["stage"]: r["rank"] for r in everyone if r["tp"] == 0 and r["dp"] == 0}
     holders = {r["rank"] for r in everyone if r["engine"]}
+    if fanout:
+        if not holders:
+            raise SyncError("a per-node sync needs engines on the node leaders; no rank holds one")
+        return "fanout", leaders, everyone
     if set(leaders.values()) <= holders:
-        return "direct", leaders
+        return "direct", leaders, everyone
     if holders == {0} and leaders[0] == 0:
-        return "relay", leaders
+        return "relay", leaders, everyone
     raise SyncError(
         f"engines are held by ranks {sorted(holders)}, but a sync needs one on every stage leader "
         f"{sorted(leaders.values())} (remote engines) or on rank 0 only (the local engine)"
     )
+
+
+_fanout_groups: dict = {}
+
+
+def _fanout_plan(everyone: list[dict], leaders: dict[int, int]) -> dict[int, tuple[int, list[int], object]]:
+    """stage -> (its leader, the holders that receive its buckets by broadcast, their group). Every rank
+    creates the groups, in stage order (a collective the first time)."""
+    holders = sorted(r["rank"] for r in everyone if r["engine"])
+    plan = {}
+    for stage, src in sorted(leaders.items()):
+        streaming = {r["rank"] for r in everyone if r["stage"] == stage and r["dp"] == 0}
+        receivers = [h for h in holders if h not in streaming]
+        members = tuple(sorted({src, *receivers}))
+        key = (id(dist.group.WORLD), members)
+        if receivers and key not in _fanout_groups:
+            _fanout_groups[key] = dist.new_group(list(members))
+        plan[stage] = (src, receivers, _fanout_groups.get(key))
+    return plan
+
+
+def _broadcast_stage(buckets: Iterator[Bucket], src: int, group) -> Iterator[Bucket]:
+    """The stage leader: broadcast each bucket in group (yielding it too), then an end marker."""
+    for bucket in buckets:
+        buffer, metas = pack(bucket)
+        dist.broadcast_object_list([metas], src=src, group=group)
+        dist.broadcast(buffer.to(comm_device(group)), src=src, group=group)
+        yield bucket
+    dist.broadcast_object_list([None], src=src, group=group)
+
+
+def _receive_stage(src: int, group) -> Iterator[Bucket]:
+    """A receiving holder: the stage leader's buckets, until its end marker."""
+    device = comm_device(group)
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=src, group=group)
+        if box[0] is None:
+            return
+        buffer = torch.empty(box[0][-1].end if box[0] else 0, dtype=torch.uint8, device=device)
+        dist.broadcast(buffer, src=src, group=group)
+        yield unpack(buffer, box[0])
 
 
 def _send_stage(buckets: Iterator[Bucket], dst: int) -> None:
@@ -104,8 +156,12 @@ def sync_weights(
     bucket_mb: float = 512,
     dtype: torch.dtype | None = None,
     verify: bool = False,
+    fanout: bool = False,
 ) -> dict:
     """Copy the actor's current weights into the rollout engine(s). Collective over all ranks.
+
+    fanout: engines placed per node (every rank holding an engine client gets every tensor; see the
+    module docstring); otherwise direct or relay, by who holds engines.
 
     Takes the (possibly DDP-wrapped) megatron stage model, the family's weight table, this rank's engine
     client or None (see module docstring for who holds one), the bucket size in MiB, an optional dtype to
@@ -116,7 +172,7 @@ def sync_weights(
     or verify found a difference) or the engine's EngineError.
     """
     start = time.perf_counter()
-    mode, leaders = _roles(engine)
+    mode, leaders, everyone = _roles(engine, fanout)
     me = _layout()
     leader = me["tp"] == 0 and me["dp"] == 0
     streams = me["dp"] == 0  # every TP rank of replica 0 takes part in the TP all-gathers
@@ -133,10 +189,37 @@ def sync_weights(
                     sums[name] = tensor_checksum(t)
             yield b
 
-    if me["rank"] == 0:
+    if mode == "fanout":
+        plan = _fanout_plan(everyone, leaders)
+        if engine is not None:
+            engine.begin_update()
+        dist.barrier()  # no bucket may arrive at an engine that is still generating
+        stage_seconds = 0.0
+        for stage, (src, receivers, group) in sorted(plan.items()):
+            if streams and me["stage"] == stage:
+                stream = iter_hf_weights(model, table, dtype)
+                if leader:
+                    buckets = counted(iter_buckets(stream, bucket_mb))
+                    if receivers:
+                        buckets = _broadcast_stage(buckets, src, group)
+                elif engine is not None:  # a holder among the stage's TP ranks: it has every full tensor
+                    buckets = iter_buckets(stream, bucket_mb)
+                else:
+                    buckets = stream
+                for b in buckets:
+                    if engine is not None:
+                        engine.update_weights(b)
+                stage_seconds = time.perf_counter() - start
+            elif me["rank"] in receivers:
+                for b in _receive_stage(src, group):
+                    engine.update_weights(b)
+        if engine is not None:
+            engine.end_update()
+    elif me["rank"] == 0:
         engine.begin_update()
-    dist.barrier()  # no bucket may arrive at an engine that is still generating
-    if streams:
+    if mode != "fanout":
+        dist.barrier()  # no bucket may arrive at an engine that is still generating
+    if streams and mode != "fanout":
         stream = iter_hf_weights(model, table, dtype)
         if not leader:
             for _ in stream:  # feed the leader's all-gathers
@@ -148,13 +231,14 @@ def sync_weights(
                     engine.update_weights(b)
             else:
                 _send_stage(buckets, dst=0)
-    stage_seconds = time.perf_counter() - start
+    if mode != "fanout":
+        stage_seconds = time.perf_counter() - start
     if mode == "relay" and me["rank"] == 0:
         device = comm_device()
         for stage in sorted(leaders)[1:]:
             for b in _recv_stage(leaders[stage], device):
                 engine.update_weights(b)
-    if me["rank"] == 0:
+    if mode != "fanout" and me["rank"] == 0:
         engine.end_update()
     dist.barrier()
     seconds = time.perf_counter() - start
@@ -177,8 +261,19 @@ def sync_weights(
     }
     if verify:
         actor = {n: s for p in stages for n, s in p[4].items()}
-        report = [compare_checksums(actor, _engine_checksums(engine)) if me["rank"] == 0 else None]
-        dist.broadcast_object_list(report, src=0)
+        if mode == "fanout":  # every holder's engine, each compared with the actor
+            mine = compare_checksums(actor, _engine_checksums(engine)) if engine is not None else None
+            reports = [None] * dist.get_world_size()
+            dist.all_gather_object(reports, mine)
+            merged = {
+                k: sorted({n for r in reports if r for n in r[k]})
+                for k in ("mismatched", "missing_in_engine", "engine_only")
+            }
+            report = [merged]
+            metrics["verified_engines"] = sum(r is not None for r in reports)
+        else:
+            report = [compare_checksums(actor, _engine_checksums(engine)) if me["rank"] == 0 else None]
+            dist.broadcast_object_list(report, src=0)
         metrics["verify"] = report[0]
         bad = {k: v for k, v in report[0].items() if v}
         if bad:

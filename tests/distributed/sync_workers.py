@@ -104,3 +104,45 @@ def sync_into_local_engine(
         results[name] = out if rank0 else {"metrics1": out["metrics1"]}
         dist.barrier()
     return results
+
+
+FANOUT_LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "tp2pp2": (2, 2), "dp4": (1, 1)}
+
+
+def sync_fanout_into_node_engines(
+    actor_dir: str, engine_dir: str, out_root: str, batch: dict, layouts: list[str]
+):
+    """Ranks laid out as 2 nodes x 2 (launch nodes=2): each node's local rank 0 holds a local engine made
+    from engine_dir (other weights), as an engine placed per node. For each layout: fan-out sync with verify,
+    export, one training step, again. Node leaders return their engine's state after each sync."""
+    hf_config = AutoConfig.from_pretrained(actor_dir)
+    holder = os.environ["LOCAL_RANK"] == "0"
+    results = {}
+    for name in layouts:
+        tp, pp = FANOUT_LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        model, family = build_model(hf_config)
+        table = family.weight_table(hf_config)
+        load_hf_weights(model, actor_dir, table)
+        ddp = DistributedDataParallel(
+            model.config,
+            DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+            model,
+        )
+        model.config.finalize_model_grads_func = finalize_model_grads
+        model.config.no_sync_func = ddp.no_sync
+        optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
+        )
+        engine = LocalEngine(engine_dir) if holder else None
+        out = {"metrics0": sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True, fanout=True)}
+        export_hf(ddp, table, f"{out_root}/{name}/v0", actor_dir)
+        out["state0"] = engine.state_dict_hf() if holder else None
+        _train_step(ddp, optimizer, hf_config, batch)
+        out["metrics1"] = sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True, fanout=True)
+        export_hf(ddp, table, f"{out_root}/{name}/v1", actor_dir)
+        out["state1"] = engine.state_dict_hf() if holder else None
+        results[name] = out
+        dist.barrier()
+        ps.destroy_model_parallel()
+    return {"rank": dist.get_rank(), "holder": holder, **results}
