@@ -119,6 +119,10 @@ class RolloutConfig:
     # vLLM: how weights reach the servers: reload (safetensors shards in weight_dir, any device), ipc
     # (vLLM's CUDA IPC weight transfer, colocated GPU servers), auto (ipc where it can run, else reload)
     weight_transfer: str = "auto"
+    # where engine servers run: per_node (each node's local rank 0 starts num_engines / nodes engines on its
+    # node and feeds them in the weight sync; rank 0 spreads rollouts over all), rank0 (every engine on rank
+    # 0's node), auto (per_node for server engines on more than one node)
+    placement: str = "auto"
     # 0: on-policy (rollouts of step t generated after step t-1's weights arrived); 1: one step off-policy —
     # step t+1's rollouts are generated while the actor trains on step t (engines of their own: the local
     # engine or colocate=false), by the weights of step t-1; loss.tis_cap corrects for it
@@ -129,6 +133,12 @@ class RolloutConfig:
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
             raise ConfigError(f"rollout.engine must be local, sglang or vllm, got {self.engine!r}")
+        if self.placement not in ("auto", "per_node", "rank0"):
+            raise ConfigError(f"rollout.placement must be auto, per_node or rank0, got {self.placement!r}")
+        if self.placement == "per_node" and self.engine == "local":
+            raise ConfigError(
+                "rollout.placement=per_node needs server engines (sglang / vllm): the local engine lives in rank 0"
+            )
         if self.async_steps not in (0, 1):
             raise ConfigError(
                 f"rollout.async_steps must be 0 (on-policy) or 1 (one step off-policy), got {self.async_steps}"
@@ -190,6 +200,8 @@ class TrainConfig:
     max_sampling_rounds: int = 4
     output_dir: str = "outputs/run"
     world_size: int = 0  # ranks to fork when not started by torchrun; 0 = tensor_parallel x pipeline_parallel
+    # forked ranks (not torchrun) laid out as this many "nodes" on this machine: multi-node code on one host
+    nodes: int = 1
     # the actor's collectives (NCCL on GPU) run in lockstep: a rank waiting longer than this has a peer
     # that hangs or died
     collective_timeout_s: float = 1800.0
@@ -205,6 +217,7 @@ class TrainConfig:
             "ppo_epochs",
             "ppo_mini_batches",
             "max_sampling_rounds",
+            "nodes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1")

@@ -92,3 +92,28 @@ def rank0_phase(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T
             raise error
         raise Rank0PhaseError(f"rank 0 failed in phase {name!r}: {value}")
     return value
+
+
+def leaders_phase(name: str, fn: Callable[[], T], leader: bool) -> list[T | None]:
+    """Run fn() on every rank where `leader` is true (e.g. each node's local rank 0 starting that node's
+    engines) and give every rank the list of results in rank order (None for the others). Waits on the host
+    group like rank0_phase; a failure on any leader is raised on every rank (the leader's own error there,
+    Rank0PhaseError naming the rank elsewhere)."""
+    box: Any = None
+    error: BaseException | None = None
+    if leader:
+        try:
+            box = ("ok", fn())
+        except BaseException as e:  # noqa: BLE001 - every failure must reach the other ranks
+            error = e
+            box = ("error", traceback.format_exception_only(type(e), e)[-1].strip())
+    everyone: list[Any] = [box]
+    if dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, box, group=host_group())
+    failed = [(r, b[1]) for r, b in enumerate(everyone) if b is not None and b[0] == "error"]
+    if failed:
+        if error is not None:
+            raise error
+        raise Rank0PhaseError(f"rank {failed[0][0]} failed in phase {name!r}: {failed[0][1]}")
+    return [b[1] if b is not None else None for b in everyone]

@@ -14,11 +14,15 @@ def make_engine(
     dtype: str = "fp32",
     stage: int = 0,
     master_port: int | None = None,
+    num_engines: int | None = None,
+    host: str = "127.0.0.1",
 ):
     """Build (and for SGLang launch) the engine of `cfg` (mmr1_mega.config.RolloutConfig) serving the HF
     directory model_path. device / dtype: for the local engine; stage / master_port: the pipeline stage a
     disaggregated SGLang client serves and its NCCL rendezvous port.
 
+    num_engines: the servers to start here (default cfg.num_engines: all of them); host: the address they
+    listen on (this node's reachable address when other nodes must reach them).
     device: "cpu" runs the engines' CPU builds. Raises EngineError when the engine cannot start (e.g. the engine not installed and no
     server_launcher, a model vLLM cannot serve on this device, a server not healthy within
     cfg.server_timeout_s).
@@ -46,7 +50,9 @@ def make_engine(
     tp = cfg.engine_tensor_parallel
     if not cfg.colocate:
         check_engine_gpus(cfg.engine_gpus, actor_gpus_on_this_node())
+    count = cfg.num_engines if num_engines is None else num_engines
     common = dict(
+        host=host,
         tp_size=tp,
         mem_fraction=cfg.mem_fraction,
         dtype=ENGINE_DTYPES.get(dtype, dtype),
@@ -57,7 +63,7 @@ def make_engine(
         **({"launcher": list(cfg.server_launcher)} if cfg.server_launcher else {}),
     )
     # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
-    gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(cfg.num_engines)]
+    gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(count)]
     if cfg.engine == "vllm":
         from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable, resolve_weight_transfer
 
@@ -111,6 +117,37 @@ def make_engine(
         request_timeout_s=cfg.request_timeout_s,
     )
     return engine.launch()
+
+
+def make_client(cfg, addresses: list[dict], dtype: str = "fp32"):
+    """A client (rollouts only: no launch, no weight update) of servers other processes started and feed,
+    e.g. every node's engines gathered to rank 0. addresses: ServerEngine.addresses() of each owner."""
+    if cfg.engine not in ("sglang", "vllm"):
+        raise EngineError(f"rollout.engine={cfg.engine!r} has no servers to reach")
+    if cfg.engine == "vllm":
+        from mmr1_mega.rollout.vllm import VLLMEngine as Engine
+        from mmr1_mega.rollout.vllm import VLLMServer as Server
+    else:
+        from mmr1_mega.rollout.sglang import SGLangEngine as Engine
+        from mmr1_mega.rollout.sglang_server import SGLangServer as Server
+    servers = [
+        Server(
+            a["model_path"],
+            port=a["port"],
+            host=a["host"],
+            tp_size=a["tp_size"],
+            device=a["device"],
+            dtype=ENGINE_DTYPES.get(dtype, dtype),
+            external=True,
+        )
+        for a in addresses
+    ]
+    kw = {
+        "colocated": cfg.colocate,
+        "timeout_s": cfg.server_timeout_s,
+        "request_timeout_s": cfg.request_timeout_s,
+    }
+    return Engine(servers, **kw).launch()  # external servers: launch only waits until each is healthy
 
 
 # the model's dtype names (config model.dtype) as the engines' --dtype flags spell them

@@ -290,16 +290,40 @@ class ServerEngine:
 
     def restart_dead(self) -> list[int]:
         """Restart every server whose process died or whose /health fails; returns their indices (now
-        stale until the next weight update, which always sends every tensor)."""
+        stale until the next weight update, which always sends every tensor). A dead external server (one
+        another process runs, e.g. another node's) cannot be restarted from here: it is only set aside
+        (stale) until mark_synced finds it healthy again."""
         restarted = []
         for i, s in enumerate(self.servers):
             if not s.alive() or not s.healthy():
+                if s.external:
+                    self.stale.add(i)
+                    continue
                 s.restart(self.timeout_s)
                 self.stale.add(i)
                 restarted.append(i)
         if restarted:
             self._on_restart()
         return restarted
+
+    def mark_synced(self) -> list[int]:
+        """After a weight update done by the servers' owners (engines placed per node): every healthy
+        server serves the new weights, so it is fresh again. Returns the servers still set aside."""
+        self.stale = {i for i, s in enumerate(self.servers) if not s.healthy()}
+        return sorted(self.stale)
+
+    def addresses(self) -> list[dict]:
+        """How another process reaches these servers (EngineServer fields of an external client)."""
+        return [
+            {
+                "host": s.host,
+                "port": s.port,
+                "tp_size": s.tp_size,
+                "model_path": str(s.model_path),
+                "device": s.device,
+            }
+            for s in self.servers
+        ]
 
     def health(self) -> bool:
         """True when every server answers /health."""
@@ -357,7 +381,7 @@ class ServerEngine:
                 raise  # the server is fine: the request itself failed
             with self._lock:
                 self.restart_dead()
-                others = [i for i in range(len(self.servers)) if i not in self.stale]
+                others = [i for i in range(len(self.servers)) if i not in self.stale and i != index]
             if not others:
                 raise
             return self._send(self.servers[others[0]], requests)

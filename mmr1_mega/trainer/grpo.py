@@ -74,7 +74,16 @@ def _train(run, cfg: Config) -> dict:
     handoff = Handoff(run, cfg)  # colocated engines and actor take turns on the accelerators
 
     def push_weights():
-        return sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+        if not run.per_node:
+            return sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+        # every node leader feeds its node's engines; then rank 0's client takes every healthy server back
+        metrics = sync_weights(
+            run.actor.model, run.actor.table, run.node_engine, cfg.rollout.bucket_mb, fanout=True
+        )
+        down = rank0_phase("engines back in service", lambda: run.engine.mark_synced())
+        if down:
+            log.warning("engine servers %s are down after the sync: rollouts go to the others", down)
+        return metrics
 
     handoff.to_engine(push_weights)
     rank0_phase("write config", lambda: dump_config(cfg, f"{cfg.train.output_dir}/config.yaml"))

@@ -12,8 +12,8 @@ order in which they hand memory to each other, in one place:
 
     checkpoint:    actor.onload(), save, park()   the state is saved from where it computes
 
-The engine calls happen on rank 0 (its client lives there) as rank-0 phases, so no rank touches the
-memory before the engine has let it go. to_engine() parks the actor in a `finally`, so a failed sync never
+The engine calls happen where the servers' owners live (rank 0, or each node's local rank 0 when engines are
+placed per node) as phases every rank waits for, so no rank touches the memory before the engine has let go. to_engine() parks the actor in a `finally`, so a failed sync never
 leaves the actor holding the engine's memory.
 Active only with colocated server engines (rollout.colocate and engine sglang / vllm); with the
 in-process local engine, or engines on GPUs of their own, the steps are plain calls.
@@ -22,8 +22,6 @@ in-process local engine, or engines on GPUs of their own, the steps are plain ca
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from mmr1_mega.distributed.comm import rank0_phase
 
 
 class Handoff:
@@ -47,7 +45,7 @@ class Handoff:
         """The engine lets go of its memory; the actor and the reference come back to the device."""
         if not self.active:
             return
-        rank0_phase("engine releases memory", lambda: self.run.engine.release_memory())
+        self.run.engine_phase("engine releases memory", "release_memory")
         for m in self._models():
             m.onload()
 
@@ -61,7 +59,7 @@ class Handoff:
             if self.run.reference is not None:
                 self.run.reference.offload()
             actor.offload(keep_params=True)
-            rank0_phase("engine resumes memory", lambda: self.run.engine.resume_memory())
+            self.run.engine_phase("engine resumes memory", "resume_memory")
             metrics = sync()
         finally:
             actor.offload()

@@ -58,8 +58,11 @@ def _launch(fn, argv, prog: str) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     world = cfg.train.world_size or cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel
+    if world % cfg.train.nodes:
+        print(f"{prog}: error: train.nodes={cfg.train.nodes} does not divide {world} ranks", file=sys.stderr)
+        return 2
     try:
-        results = run_on_ranks(fn, world, cfg, timeout_s=7 * 24 * 3600)
+        results = run_on_ranks(fn, world, cfg, timeout_s=7 * 24 * 3600, nodes=cfg.train.nodes)
     except Preempted as e:  # under torchrun the rank runs in this process
         print(f"{prog}: {e}", file=sys.stderr)
         return 143

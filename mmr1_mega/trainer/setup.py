@@ -10,9 +10,9 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from mmr1_mega.actor.actor import MegatronActor
-from mmr1_mega.config import Config
+from mmr1_mega.config import Config, ConfigError
 from mmr1_mega.data.errors import DataError
-from mmr1_mega.distributed.comm import rank0_phase, set_rank0_phase_timeout
+from mmr1_mega.distributed.comm import leaders_phase, rank0_phase, set_rank0_phase_timeout
 from mmr1_mega.distributed.init import initialize_model_parallel
 from mmr1_mega.models.hf_io import CheckpointError, HFCheckpoint
 from mmr1_mega.trainer import checkpoint as ckpt
@@ -47,7 +47,10 @@ class Run:
     image_token_id: int
     merge: int
     resume_from: Path | None
-    engine: object = None
+    engine: object = None  # rank 0: the client rollouts, validation and VAS refreshes go through
+    # rollout.placement=per_node: on each node's local rank 0, the client that owns and feeds that node's
+    # engine servers (the weight sync's holders); None otherwise
+    node_engine: object = None
     train_data: object = None
     val_data: object = None
     logger: object = None
@@ -66,6 +69,97 @@ class Run:
             self.logger.close()
         if self.engine is not None:
             self.engine.shutdown()
+        if self.node_engine is not None:
+            self.node_engine.shutdown()
+
+    @property
+    def per_node(self) -> bool:
+        """Engines placed per node: the sync fans out to every node leader's engines."""
+        return self.cfg.rollout.engine != "local" and placement(self.cfg) == "per_node"
+
+    def engine_phase(self, name: str, method: str) -> None:
+        """Call `method` of the engines that own servers: rank 0's, or each node leader's (per node)."""
+        if self.per_node:
+            leaders_phase(name, lambda: getattr(self.node_engine, method)(), self.node_engine is not None)
+        else:
+            rank0_phase(name, lambda: getattr(self.engine, method)())
+
+
+def node_layout() -> tuple[int, int, int]:
+    """(node, nodes, local rank) from torchrun's variables (or the fork launcher's, which sets the same)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    rank = int(os.environ.get("RANK", "0"))
+    if local_world < 1 or world % local_world:
+        raise ConfigError(f"LOCAL_WORLD_SIZE={local_world} does not divide WORLD_SIZE={world}")
+    return (
+        rank // local_world,
+        world // local_world,
+        int(os.environ.get("LOCAL_RANK", str(rank % local_world))),
+    )
+
+
+def placement(cfg: Config) -> str:
+    """rollout.placement resolved: auto is per_node for server engines on more than one node."""
+    if cfg.rollout.placement != "auto":
+        return cfg.rollout.placement
+    return "per_node" if cfg.rollout.engine != "local" and node_layout()[1] > 1 else "rank0"
+
+
+def node_host(nodes: int) -> str:
+    """The address this node's engine servers listen on and rank 0 reaches them at: MMR1_NODE_HOST, the
+    loopback on a single node, else the address this host's name resolves to."""
+    import socket
+
+    if os.environ.get("MMR1_NODE_HOST"):
+        return os.environ["MMR1_NODE_HOST"]
+    return "127.0.0.1" if nodes == 1 else socket.gethostbyname(socket.gethostname())
+
+
+def start_node_engines(cfg: Config):
+    """On each node's local rank 0: start this node's num_engines / nodes engine servers and load the
+    policy's initial weights; every rank gets every node's server addresses (collective, host group).
+    Returns (this rank's node client or None, the addresses of every server, node by node)."""
+    from mmr1_mega.distributed.cpu import device
+    from mmr1_mega.rollout.factory import make_engine
+
+    node, nodes, local_rank = node_layout()
+    r = cfg.rollout
+    if r.num_engines % nodes:
+        raise ConfigError(
+            f"rollout.num_engines={r.num_engines} must be a multiple of the {nodes} nodes (per_node)"
+        )
+    per_node = r.num_engines // nodes
+    dev = device().type
+    if (
+        dev == "cuda"
+        and r.colocate
+        and per_node * r.engine_tensor_parallel > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    ):
+        raise ConfigError(
+            f"{per_node} engines x {r.engine_tensor_parallel} GPUs per node do not fit the node's "
+            f"{os.environ.get('LOCAL_WORLD_SIZE')} GPUs: lower rollout.num_engines or engine_tensor_parallel"
+        )
+
+    def start():
+        engine = make_engine(
+            r,
+            cfg.model.hf_path,
+            device=dev,
+            dtype=cfg.model.dtype,
+            num_engines=per_node,
+            host=node_host(nodes),
+        )
+        return engine
+
+    holder = {}
+
+    def leader_start():
+        holder["engine"] = start()
+        return holder["engine"].addresses()
+
+    found = leaders_phase("start this node's engines", leader_start, local_rank == 0)
+    return holder.get("engine"), [a for per in found if per for a in per]
 
 
 def check_inputs(cfg: Config) -> object:
@@ -136,6 +230,10 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
 
     Handoff(run, cfg).park()
 
+    per_node = with_engine and run.per_node
+    if per_node:  # each node's local rank 0 starts its engines; rank 0 learns where they all are
+        run.node_engine, addresses = start_node_engines(cfg)
+
     def rank0_parts() -> int:  # datasets, engine start-up (minutes for large models), logs
         from mmr1_mega.data.rl_dataset import RLDataset
         from mmr1_mega.data.tokenizer import load_processor
@@ -145,8 +243,12 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         run.train_data = RLDataset(cfg.data.train_files, cfg.data, processor, name="train")
         if cfg.data.val_files:
             run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")
-        if with_engine:
+        if with_engine and not per_node:
             run.engine = make_rollout_engine(cfg)
+        elif with_engine:  # a client over every node's servers, which their nodes own and feed
+            from mmr1_mega.rollout.factory import make_client
+
+            run.engine = make_client(cfg.rollout, addresses, cfg.model.dtype)
         resumed = ckpt.read_trainer_state(resume_from) if resume_from is not None else {}
         run.logger = MetricsLogger(
             cfg.log,

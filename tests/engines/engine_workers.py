@@ -83,3 +83,87 @@ def sync_into_real_engine(
         results[name] = out if rank0 else {}
         dist.barrier()
     return results
+
+
+def per_node_engines(
+    python: str,
+    model_dir: str,
+    actor_dir: str,
+    out_root: str,
+    batch: dict,
+    requests: list,
+    layouts: list[str],
+):
+    """4 ranks as 2 nodes x 2 (launch nodes=2), engines placed per node by the trainer's own code: each node's
+    local rank 0 starts a real vLLM server and feeds it (fan-out sync); rank 0 generates through a client of
+    both. Per layout and version: every server's own weight checksums and rank 0's greedy outputs. At the end
+    node 1's server is killed and rank 0 generates again."""
+    import requests as http
+    from megatron.core import parallel_state as ps
+
+    from mmr1_mega.config import Config
+    from mmr1_mega.distributed.comm import leaders_phase
+    from mmr1_mega.rollout.factory import make_client
+    from mmr1_mega.trainer.setup import start_node_engines
+
+    os.environ["MMR1_NODE_HOST"] = "127.0.0.1"  # both "nodes" are this machine
+    cfg = Config()
+    cfg.model.hf_path = model_dir
+    cfg.rollout.engine, cfg.rollout.num_engines, cfg.rollout.placement = "vllm", 2, "per_node"
+    cfg.rollout.server_launcher = [python, "-m", "vllm.entrypoints.openai.api_server"]
+    cfg.rollout.server_args = ["--max-model-len", "1024"]
+    cfg.rollout.server_timeout_s = 300
+    hf_config = AutoConfig.from_pretrained(actor_dir)
+    initialize_model_parallel(1, 1)
+    node_engine, addresses = start_node_engines(cfg)
+    rank0 = dist.get_rank() == 0
+    client = make_client(cfg.rollout, addresses) if rank0 else None
+    out = {"holder": node_engine is not None, "addresses": addresses}
+    try:
+        for name in layouts:
+            ps.destroy_model_parallel()
+            tp, pp = LAYOUTS[name]
+            initialize_model_parallel(tp, pp, seed=1)
+            model, family = build_model(hf_config)
+            table = family.weight_table(hf_config)
+            load_hf_weights(model, actor_dir, table)
+            ddp = DistributedDataParallel(
+                model.config,
+                DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+                model,
+            )
+            model.config.finalize_model_grads_func = finalize_model_grads
+            model.config.no_sync_func = ddp.no_sync
+            optimizer = get_megatron_optimizer(
+                OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
+            )
+            for version in ("v0", "v1"):
+                if version == "v1":
+                    _train_step(ddp, optimizer, hf_config, batch)
+                sync = sync_weights(ddp, table, node_engine, bucket_mb=0.05, fanout=True)
+                export_hf(ddp, table, f"{out_root}/{name}/{version}", actor_dir)
+
+                def checksums():
+                    url = node_engine.servers[0].url + "/weight_checker"
+                    return http.post(url, json={"action": "checksum"}, timeout=120).json()["checksums"]
+
+                sums = leaders_phase("checksums", checksums, node_engine is not None)
+                if rank0:
+                    out[(name, version)] = {
+                        "mode": sync["mode"],
+                        "checksums": [s for s in sums if s is not None],
+                        "greedy": [(o[0].token_ids, o[0].logprobs) for o in client.generate(requests)],
+                    }
+                dist.barrier()
+        # node 1's engine dies; rank 0's rollouts go to node 0's
+        if node_engine is not None and dist.get_rank() != 0:
+            node_engine.servers[0].stop()
+        dist.barrier()
+        if rank0:
+            out["after_kill"] = [(o[0].token_ids, o[0].logprobs) for o in client.generate(requests * 2)]
+            out["down"] = client.mark_synced()
+    finally:
+        dist.barrier()
+        if node_engine is not None:
+            node_engine.shutdown()
+    return out
