@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[tuple[str, str | None], tuple[str, str]] = {
     ("train", None): ("mmr1_mega.trainer.main:train_main", "GRPO + VAS training (YAML config + overrides)"),
     ("sft", None): ("mmr1_mega.trainer.main:sft_main", "cold-start SFT on the same actor"),
+    ("check", None): ("mmr1_mega.trainer.layout:main", "does a config fit N nodes x G GPUs (before launch)"),
     ("eval", None): ("mmr1_mega.eval.main:main", "score a checkpoint on a benchmark file"),
     ("demo", None): (
         "mmr1_mega.trainer.demo:main",

@@ -99,6 +99,7 @@ class RolloutConfig:
     max_new_tokens: int = 2048
     stop: list[str] = field(default_factory=list)
     engine_tensor_parallel: int = 1
+    # engines per node that runs engines (every node with placement per_node, rank 0's node otherwise)
     num_engines: int = 1
     mem_fraction: float = 0.7
     bucket_mb: int = 512

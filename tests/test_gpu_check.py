@@ -44,6 +44,7 @@ def test_the_device_check_runs_dry_and_writes_a_complete_report(tmp_path):
         "grpo_demo",
         "loss_op",
         "sync",
+        "op_equal",
         "ipc",
     }
     assert report["checks"]["grpo_demo"]["grpo_loss_implementation"] == ["triton-interpreter"]

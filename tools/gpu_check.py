@@ -13,6 +13,9 @@ known, so a run cut short still reports what finished:
   loss_op     the fused GRPO op at 512 prompts x 8 rollouts x 4096 tokens, bf16: eager vs torch.compile
               vs Triton, forward + backward, and % of the copy bandwidth measured in the same run
   sync        the weight-sync bench (local engine)
+  op_equal    the compiled Triton GRPO op vs the eager reference on the GPU, fresh random batches of 512
+              sequences x 1,024 tokens: every aggregation mode, fp32 and bf16, with and without truncated
+              importance sampling (loss, every metric, the gradient; the tolerances of tests/ops)
   ipc         VLLMEngine's CUDA IPC weight path (rollout.weight_transfer=ipc) into a second process on the
               GPU that maps, unpacks and hashes the buckets as vLLM's consumer does (the stand-in
               tests/rollout/vllm_ipc_standin.py: the image has no vLLM); three buckets of mixed dtypes,
@@ -31,8 +34,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("logits", "grpo_demo", "loss_op", "sync", "ipc")
-LIMITS_S = {"logits": 120, "grpo_demo": 180, "loss_op": 120, "sync": 60, "ipc": 60}  # sum 540 s
+CHECKS = ("logits", "grpo_demo", "loss_op", "sync", "op_equal", "ipc")
+LIMITS_S = {
+    "logits": 120,
+    "grpo_demo": 180,
+    "loss_op": 120,
+    "sync": 60,
+    "op_equal": 120,
+    "ipc": 60,
+}  # sum 540 s
 # ||ours - transformers|| / ||transformers|| over the logits: fp32 lands far under 1e-4 (tests/tolerances.py);
 # two bf16 computations in different orders, each 1e-3..1e-2 from exact (METHOD.md), within 3e-2 of each other
 ALLOWED_L2 = {"fp32": 1e-4, "bf16": 3e-2}
@@ -41,6 +51,7 @@ SCHEMA = {
     "grpo_demo": {"returncode", "steps", "grpo_loss_implementation", "seconds"},
     "loss_op": {"report"},
     "sync": {"report"},
+    "op_equal": {"cases"},
     "ipc": {"rounds"},
 }
 
@@ -181,6 +192,62 @@ def check_sync(dry: bool) -> dict:
     return {"report": _bench_json(main, argv)}
 
 
+def check_op_equal(dry: bool) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from mmr1_mega.algo import GRPOLossConfig, grpo_loss_reference
+    from mmr1_mega.ops import grpo_loss, loss_implementation
+    from tests.ops.ops_batches import make_batch
+
+    dev = torch.device("cpu") if dry else torch.device("cuda", 0)
+    seqs, width = (16, 32) if dry else (512, 1024)
+    modes = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+    cases, bad = {}, {}
+    for mode in modes:
+        for dtype in (torch.float32, torch.bfloat16):
+            for tis in (None, 2.0):
+                seed = int(torch.randint(0, 10**6, ()))
+                cfg = GRPOLossConfig(
+                    loss_agg_mode=mode, kl_coef=0.02, clip_high=0.28, dual_clip_c=3.0, tis_cap=tis
+                )
+                logp, old, ref, mask, rewards, gids = (
+                    t.to(dev)
+                    for t in make_batch([8] * (seqs // 8), width, seed=seed, dtype=dtype, reward="uniform")
+                )
+                g = torch.Generator().manual_seed(seed + 1)
+                behaviour = (old.float().cpu() + 0.7 * torch.randn(old.shape, generator=g)).to(dtype).to(dev)
+                out = {}
+                for name, fn in (("op", grpo_loss), ("reference", grpo_loss_reference)):
+                    x = logp.clone().requires_grad_()
+                    loss, metrics = fn(x, old, ref, mask, rewards, gids, cfg, behaviour_logp=behaviour)
+                    (grad,) = torch.autograd.grad(loss, x)
+                    out[name] = (loss.float(), metrics, grad.float())
+                (l1, m1, g1), (l0, m0, g0) = out["op"], out["reference"]
+                # tests/ops' tolerances: 1e-5 (fp32 blocked vs pairwise sums of O(1) terms); the bf16 gradient
+                # to bf16's resolution, both relative to the largest gradient
+                grad_rel = float((g1 - g0).abs().max() / g0.abs().max().clamp_min(1e-30))
+                # each metric relative to its own size (seq-mean-token-sum sums whole sequences: O(width))
+                metric_err = max(float((m1[k] - m0[k]).abs() / (1 + m0[k].abs())) for k in m0)
+                key = f"{mode}-{str(dtype).split('.')[-1]}-tis{tis}"
+                cases[key] = {
+                    "loss_abs_err": float((l1 - l0).abs()),
+                    "grad_max_rel_err": grad_rel,
+                    "metric_max_rel_err": metric_err,
+                    "implementation": loss_implementation(dev),
+                }
+                limit = 1.6e-2 if dtype == torch.bfloat16 else 1e-5
+                if (
+                    float((l1 - l0).abs()) > 1e-5 + 1e-5 * float(l0.abs())
+                    or grad_rel > limit
+                    or metric_err > 1e-5
+                ):
+                    bad[key] = cases[key]
+    if bad:
+        raise AssertionError(f"the op differs from the reference: {bad}")
+    return {"cases": cases}
+
+
 def check_ipc(dry: bool) -> dict:
     import requests
     import torch
@@ -260,6 +327,7 @@ RUNNERS = {
     "grpo_demo": check_grpo_demo,
     "loss_op": check_loss_op,
     "sync": check_sync,
+    "op_equal": check_op_equal,
     "ipc": check_ipc,
 }
 

@@ -117,19 +117,15 @@ def node_host(nodes: int) -> str:
 
 
 def start_node_engines(cfg: Config):
-    """On each node's local rank 0: start this node's num_engines / nodes engine servers and load the
-    policy's initial weights; every rank gets every node's server addresses (collective, host group).
-    Returns (this rank's node client or None, the addresses of every server, node by node)."""
+    """On each node's local rank 0: start this node's rollout.num_engines engine servers (the count is per
+    node) and load the policy's initial weights; every rank gets every node's server addresses (collective,
+    host group). Returns (this rank's node client or None, the addresses of every server, node by node)."""
     from mmr1_mega.distributed.cpu import device
     from mmr1_mega.rollout.factory import make_engine
 
     node, nodes, local_rank = node_layout()
     r = cfg.rollout
-    if r.num_engines % nodes:
-        raise ConfigError(
-            f"rollout.num_engines={r.num_engines} must be a multiple of the {nodes} nodes (per_node)"
-        )
-    per_node = r.num_engines // nodes
+    per_node = r.num_engines
     dev = device().type
     if (
         dev == "cuda"

@@ -109,7 +109,7 @@ def per_node_engines(
     os.environ["MMR1_NODE_HOST"] = "127.0.0.1"  # both "nodes" are this machine
     cfg = Config()
     cfg.model.hf_path = model_dir
-    cfg.rollout.engine, cfg.rollout.num_engines, cfg.rollout.placement = "vllm", 2, "per_node"
+    cfg.rollout.engine, cfg.rollout.num_engines, cfg.rollout.placement = "vllm", 1, "per_node"
     cfg.rollout.server_launcher = [python, "-m", "vllm.entrypoints.openai.api_server"]
     cfg.rollout.server_args = ["--max-model-len", "1024"]
     cfg.rollout.server_timeout_s = 300
