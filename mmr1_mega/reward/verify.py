@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -166,8 +167,16 @@ class _Worker:
         with self._lock:
             self._stop()
 
+    def forget(self) -> None:
+        """In a forked child: the parent's worker process and lock are not this process's to use (its
+        Process object refuses is_alive() here, and the lock may have been held by a thread that does not
+        exist in the child). The child starts its own worker when it needs one."""
+        self._lock = threading.Lock()
+        self._proc = self._conn = None
+
 
 _WORKER = _Worker()
+os.register_at_fork(after_in_child=_WORKER.forget)
 
 
 def verify_with_time_limit(

@@ -90,3 +90,31 @@ def test_sigalrm_timer_of_the_caller_survives_a_verification():
 def test_invalid_config_is_rejected(kwargs):
     with pytest.raises(ValueError, match="reward"):
         RewardConfig(**kwargs).validate()
+
+
+def _score_off_main_thread(queue):
+    out = {}
+
+    def work():
+        out["res"] = compute_rewards([_resp("0.5"), _resp("3")], ["1/2", "2"], RewardConfig(timeout_s=30))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(timeout=120)
+    res = out["res"]
+    queue.put((res.accuracy, res.num_errors, res.errors))
+
+
+def test_a_process_forked_after_the_verifier_worker_started_starts_its_own():
+    # the parent starts the spawned math-verify worker (scoring off the main thread); a rank forked after
+    # that (the fork launcher) must not use the parent's worker object: found when async rollout scored
+    # rewards on a worker thread of a forked rank ("can only test a child process")
+    import multiprocessing as mp
+
+    _score_off_main_thread(queue := mp.get_context("fork").Queue())
+    assert queue.get(timeout=60)[0] == [1.0, 0.0]
+    child = mp.get_context("fork").Process(target=_score_off_main_thread, args=(queue,))
+    child.start()
+    accuracy, errors, messages = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert (accuracy, errors) == ([1.0, 0.0], 0), messages
