@@ -213,10 +213,34 @@ def test_eval_scores_an_hf_model_and_a_trainer_checkpoint(task, tmp_path, capsys
     out = _run(task, tmp_path, "for-eval", "train.steps=2", "checkpoint.save_every_steps=2")
     capsys.readouterr()
     step = complete_checkpoints(out)[-1]
-    assert eval_main(["--checkpoint", str(step), "--base", str(model_dir), *args]) == 0
+    assert (
+        eval_main(
+            ["--checkpoint", str(step), "--base", str(model_dir), *args, "--out", str(tmp_path / "c1.jsonl")]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     result = json.loads(printed[printed.rfind("{\n") :])
     assert result["problems"] == 4 and 0.0 <= result["accuracy"] <= 1.0
+    # exported by two tensor-parallel ranks: the same weights, so the same greedy answers
+    out2 = str(tmp_path / "c2.jsonl")
+    assert (
+        eval_main(
+            [
+                "--checkpoint",
+                str(step),
+                "--base",
+                str(model_dir),
+                *args,
+                "--out",
+                out2,
+                "--export-parallel",
+                "2x1",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "c1.jsonl").read_text() == (tmp_path / "c2.jsonl").read_text()
 
 
 def test_demo_command_completes_with_a_small_setting(tmp_path):
