@@ -123,7 +123,7 @@ def start_node_engines(cfg: Config):
     from mmr1_mega.distributed.cpu import device
     from mmr1_mega.rollout.factory import make_engine
 
-    node, nodes, local_rank = node_layout()
+    _, nodes, local_rank = node_layout()
     r = cfg.rollout
     per_node = r.num_engines
     dev = device().type

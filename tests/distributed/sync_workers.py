@@ -56,6 +56,25 @@ def _train_step(ddp, optimizer, hf_config, batch) -> None:
     assert ok, "optimizer step was skipped"
 
 
+def build_actor(hf_config, actor_dir: str):
+    """(DDP-wrapped model, weight table, Adam optimizer) of the actor in actor_dir, in the current
+    model-parallel layout: what every sync worker trains and syncs."""
+    model, family = build_model(hf_config)
+    table = family.weight_table(hf_config)
+    load_hf_weights(model, actor_dir, table)
+    ddp = DistributedDataParallel(
+        model.config,
+        DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+        model,
+    )
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.no_sync_func = ddp.no_sync
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
+    )
+    return ddp, table, optimizer
+
+
 def _greedy(engine: LocalEngine, requests: list[GenerationRequest]) -> list[list[int]]:
     return [o[0].token_ids for o in engine.generate(requests)]
 
@@ -71,19 +90,7 @@ def sync_into_local_engine(
     for name in layouts:
         tp, pp = LAYOUTS[name]
         initialize_model_parallel(tp, pp, seed=1)
-        model, family = build_model(hf_config)
-        table = family.weight_table(hf_config)
-        load_hf_weights(model, actor_dir, table)
-        ddp = DistributedDataParallel(
-            model.config,
-            DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-            model,
-        )
-        model.config.finalize_model_grads_func = finalize_model_grads
-        model.config.no_sync_func = ddp.no_sync
-        optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
-        )
+        ddp, table, optimizer = build_actor(hf_config, actor_dir)
         rank0 = dist.get_rank() == 0
         engine = LocalEngine(engine_dir) if rank0 else None
         out = {"engine_before": engine.state_dict_hf() if rank0 else None}
@@ -121,19 +128,7 @@ def sync_fanout_into_node_engines(
     for name in layouts:
         tp, pp = FANOUT_LAYOUTS[name]
         initialize_model_parallel(tp, pp, seed=1)
-        model, family = build_model(hf_config)
-        table = family.weight_table(hf_config)
-        load_hf_weights(model, actor_dir, table)
-        ddp = DistributedDataParallel(
-            model.config,
-            DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-            model,
-        )
-        model.config.finalize_model_grads_func = finalize_model_grads
-        model.config.no_sync_func = ddp.no_sync
-        optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
-        )
+        ddp, table, optimizer = build_actor(hf_config, actor_dir)
         engine = LocalEngine(engine_dir) if holder else None
         out = {"metrics0": sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True, fanout=True)}
         export_hf(ddp, table, f"{out_root}/{name}/v0", actor_dir)

@@ -6,21 +6,13 @@ import os
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from megatron.core.distributed import (  # noqa: E402
-    DistributedDataParallel,
-    DistributedDataParallelConfig,
-    finalize_model_grads,
-)
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
-from mmr1_mega.models.build import build_model  # noqa: E402
-from mmr1_mega.models.weights import export_hf, load_hf_weights  # noqa: E402
+from mmr1_mega.models.weights import export_hf  # noqa: E402
 from mmr1_mega.sync.sync import sync_weights  # noqa: E402
-from tests.distributed.sync_workers import LAYOUTS, _train_step  # noqa: E402
+from tests.distributed.sync_workers import LAYOUTS, _train_step, build_actor  # noqa: E402
 
 
 def _client(kind: str, model_dir: str, port: int):
@@ -55,19 +47,7 @@ def sync_into_real_engine(
     for name in layouts:
         tp, pp = LAYOUTS[name]
         initialize_model_parallel(tp, pp, seed=1)
-        model, family = build_model(hf_config)
-        table = family.weight_table(hf_config)
-        load_hf_weights(model, actor_dir, table)
-        ddp = DistributedDataParallel(
-            model.config,
-            DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-            model,
-        )
-        model.config.finalize_model_grads_func = finalize_model_grads
-        model.config.no_sync_func = ddp.no_sync
-        optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
-        )
+        ddp, table, optimizer = build_actor(hf_config, actor_dir)
         rank0 = dist.get_rank() == 0
         engine = _client(kind, server_model_dir, port) if rank0 else None
         out = {}
@@ -124,19 +104,7 @@ def per_node_engines(
             ps.destroy_model_parallel()
             tp, pp = LAYOUTS[name]
             initialize_model_parallel(tp, pp, seed=1)
-            model, family = build_model(hf_config)
-            table = family.weight_table(hf_config)
-            load_hf_weights(model, actor_dir, table)
-            ddp = DistributedDataParallel(
-                model.config,
-                DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-                model,
-            )
-            model.config.finalize_model_grads_func = finalize_model_grads
-            model.config.no_sync_func = ddp.no_sync
-            optimizer = get_megatron_optimizer(
-                OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=0.0, params_dtype=torch.float32), [ddp]
-            )
+            ddp, table, optimizer = build_actor(hf_config, actor_dir)
             for version in ("v0", "v1"):
                 if version == "v1":
                     _train_step(ddp, optimizer, hf_config, batch)
