@@ -14,17 +14,15 @@ def make_engine(
     dtype: str = "fp32",
     stage: int = 0,
     master_port: int | None = None,
-    num_engines: int | None = None,
     host: str = "127.0.0.1",
 ):
     """Build (and for SGLang launch) the engine of `cfg` (mmr1_mega.config.RolloutConfig) serving the HF
     directory model_path. device / dtype: for the local engine; stage / master_port: the pipeline stage a
     disaggregated SGLang client serves and its NCCL rendezvous port.
 
-    num_engines: the servers to start here (default cfg.num_engines: all of them); host: the address they
-    listen on (this node's reachable address when other nodes must reach them).
-    device: "cpu" runs the engines' CPU builds. Raises EngineError when the engine cannot start (e.g. the engine not installed and no
-    server_launcher, a model vLLM cannot serve on this device, a server not healthy within
+    host: the address the servers (cfg.num_engines of them, on this node) listen on (this node's reachable
+    address when other nodes must reach them). device: "cpu" runs the engines' CPU builds.
+    Raises EngineError when the engine cannot start (e.g. the engine not installed and no server_launcher, a model vLLM cannot serve on this device, a server not healthy within
     cfg.server_timeout_s).
     """
     if cfg.engine == "local":
@@ -50,7 +48,6 @@ def make_engine(
     tp = cfg.engine_tensor_parallel
     if not cfg.colocate:
         check_engine_gpus(cfg.engine_gpus, actor_gpus_on_this_node())
-    count = cfg.num_engines if num_engines is None else num_engines
     common = dict(
         host=host,
         tp_size=tp,
@@ -63,7 +60,7 @@ def make_engine(
         **({"launcher": list(cfg.server_launcher)} if cfg.server_launcher else {}),
     )
     # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
-    gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(count)]
+    gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(cfg.num_engines)]
     if cfg.engine == "vllm":
         from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable, resolve_weight_transfer
 

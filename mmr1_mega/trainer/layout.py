@@ -20,6 +20,17 @@ import sys
 from mmr1_mega.config import Config, ConfigError
 
 
+def check_colocated_engines_fit(rollout, gpus: int) -> None:
+    """Raise ConfigError when a node's colocated engines (rollout.num_engines of engine_tensor_parallel
+    GPUs each) need more than the node's `gpus` actor GPUs."""
+    need = rollout.num_engines * rollout.engine_tensor_parallel
+    if need > gpus:
+        raise ConfigError(
+            f"{rollout.num_engines} colocated engines x {rollout.engine_tensor_parallel} GPUs = {need} per "
+            f"node, but a node has {gpus} GPUs: lower rollout.num_engines or engine_tensor_parallel"
+        )
+
+
 def plan_layout(cfg: Config, nodes: int, gpus_per_node: int, mode: str = "train") -> dict:
     """The run's layout on nodes x gpus_per_node GPUs (mode "sft": no engines). Raises ConfigError naming
     what does not fit."""
@@ -53,11 +64,8 @@ def plan_layout(cfg: Config, nodes: int, gpus_per_node: int, mode: str = "train"
         )
     engine_nodes = (nodes if placement == "per_node" else 1) if server else 0
     per_node_gpus = r.num_engines * r.engine_tensor_parallel if server else 0
-    if server and r.colocate and per_node_gpus > nproc:
-        raise ConfigError(
-            f"{r.num_engines} colocated engines x {r.engine_tensor_parallel} GPUs = {per_node_gpus} per node, "
-            f"but a node has {nproc} GPUs: lower rollout.num_engines or engine_tensor_parallel"
-        )
+    if server and r.colocate:
+        check_colocated_engines_fit(r, nproc)
     dp = world // model_parallel
     rows = cfg.train.prompts_per_step * r.n_samples
     return {

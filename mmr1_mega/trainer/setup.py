@@ -75,7 +75,7 @@ class Run:
     @property
     def per_node(self) -> bool:
         """Engines placed per node: the sync fans out to every node leader's engines."""
-        return self.cfg.rollout.engine != "local" and placement(self.cfg) == "per_node"
+        return placement(self.cfg) == "per_node"  # never for the local engine (config and auto)
 
     def engine_phase(self, name: str, method: str) -> None:
         """Call `method` of the engines that own servers: rank 0's, or each node leader's (per node)."""
@@ -122,36 +122,18 @@ def start_node_engines(cfg: Config):
     host group). Returns (this rank's node client or None, the addresses of every server, node by node)."""
     from mmr1_mega.distributed.cpu import device
     from mmr1_mega.rollout.factory import make_engine
+    from mmr1_mega.trainer.layout import check_colocated_engines_fit
 
     _, nodes, local_rank = node_layout()
-    r = cfg.rollout
-    per_node = r.num_engines
     dev = device().type
-    if (
-        dev == "cuda"
-        and r.colocate
-        and per_node * r.engine_tensor_parallel > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    ):
-        raise ConfigError(
-            f"{per_node} engines x {r.engine_tensor_parallel} GPUs per node do not fit the node's "
-            f"{os.environ.get('LOCAL_WORLD_SIZE')} GPUs: lower rollout.num_engines or engine_tensor_parallel"
-        )
-
-    def start():
-        engine = make_engine(
-            r,
-            cfg.model.hf_path,
-            device=dev,
-            dtype=cfg.model.dtype,
-            num_engines=per_node,
-            host=node_host(nodes),
-        )
-        return engine
-
+    if dev == "cuda" and cfg.rollout.colocate:
+        check_colocated_engines_fit(cfg.rollout, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     holder = {}
 
     def leader_start():
-        holder["engine"] = start()
+        holder["engine"] = make_engine(
+            cfg.rollout, cfg.model.hf_path, device=dev, dtype=cfg.model.dtype, host=node_host(nodes)
+        )
         return holder["engine"].addresses()
 
     found = leaders_phase("start this node's engines", leader_start, local_rank == 0)
