@@ -129,7 +129,18 @@ class RolloutConfig:
     # engine or colocate=false), by the weights of step t-1; loss.tis_cap corrects for it
     async_steps: int = 0
     server_timeout_s: float = 600.0  # an engine server must answer /health within this after start
-    request_timeout_s: float = 3600.0  # one generation request (a whole batch of long responses)
+    request_timeout_s: float = 3600.0  # one generation request (one prompt group's n responses)
+    # rollouts are streamed: one request per prompt group, at most this many in flight per engine server;
+    # a request that fails or times out on one server is sent to another
+    max_inflight_per_engine: int = 32
+    # SGLang: put sglang-router in front of the servers that generate (rank 0 starts it after the engines;
+    # it then picks the server for each request, cache-aware by default). router_launcher: the argv prefix
+    # that starts it (default: python -m sglang_router.launch_router of this interpreter; e.g.
+    # [.venv-sglang/bin/python, -m, sglang_router.launch_router]); router_args: more flags
+    router: bool = False
+    router_launcher: list[str] = field(default_factory=list)
+    router_policy: str = "cache_aware"
+    router_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
@@ -165,6 +176,20 @@ class RolloutConfig:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
         if self.server_timeout_s <= 0 or self.request_timeout_s <= 0:
             raise ConfigError("rollout.server_timeout_s and rollout.request_timeout_s must be > 0")
+        if self.max_inflight_per_engine < 1:
+            raise ConfigError(
+                f"rollout.max_inflight_per_engine must be >= 1 (prompt groups in flight per engine server), "
+                f"got {self.max_inflight_per_engine}"
+            )
+        if self.router and self.engine != "sglang":
+            raise ConfigError(
+                f"rollout.router=true puts sglang-router in front of SGLang servers; rollout.engine is "
+                f"{self.engine!r} (vLLM and local rollouts use the trainer's own dispatcher)"
+            )
+        if self.router_policy not in ROUTER_POLICIES:
+            raise ConfigError(
+                f"rollout.router_policy must be one of {ROUTER_POLICIES}, got {self.router_policy!r}"
+            )
         if self.engine in ("sglang", "vllm") and not self.colocate:
             need = self.num_engines * self.engine_tensor_parallel
             if len(self.engine_gpus) != need or len(set(self.engine_gpus)) != need:
@@ -179,6 +204,10 @@ class RolloutConfig:
                 ]
                 if mine != list(range(mine[0], mine[0] + len(mine))):
                     raise ConfigError(f"rollout.engine_gpus: engine {i} gets {mine}, not consecutive GPU ids")
+
+
+# sglang-router 0.3.2's --policy choices
+ROUTER_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
 
 
 @dataclass

@@ -86,6 +86,18 @@ class RewardResult:
     num_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
+    @staticmethod
+    def concat(parts: Sequence[RewardResult]) -> RewardResult:
+        """Several batches' results as one, in order (counts added, first messages kept)."""
+        return RewardResult(
+            total=[x for p in parts for x in p.total],
+            format=[x for p in parts for x in p.format],
+            accuracy=[x for p in parts for x in p.accuracy],
+            num_timeouts=sum(p.num_timeouts for p in parts),
+            num_errors=sum(p.num_errors for p in parts),
+            errors=[e for p in parts for e in p.errors][:_MAX_REPORTED],
+        )
+
     def metrics(self) -> dict[str, float]:
         """Means for logging: reward, format_rate, accuracy, and the verifier timeout / error counts."""
         n = max(len(self.total), 1)

@@ -17,6 +17,8 @@ class RewardConfig:
         "process" always uses the worker process (a hung sympy call is killed, never left running).
     float_rounding / numeric_precision: passed to math_verify.verify.
     require_boxed: accuracy reads only a \\boxed{...} answer when true; otherwise a bare <answer> body counts.
+    num_workers: rollouts from server engines are scored while generation goes on, by this many threads,
+        each verifying in a worker process of its own (math-verify calls off the main thread).
     """
 
     format_weight: float = 1.0
@@ -26,6 +28,7 @@ class RewardConfig:
     float_rounding: int = 6
     numeric_precision: int = 15
     require_boxed: bool = False
+    num_workers: int = 4
 
     def validate(self) -> RewardConfig:
         """Check the values; returns self. Raises ValueError naming the bad field and what to use."""
@@ -38,6 +41,8 @@ class RewardConfig:
             raise ValueError(f"reward.timeout_s={self.timeout_s}: must be > 0 seconds (e.g. 5.0)")
         if self.timeout_mode not in TIMEOUT_MODES:
             raise ValueError(f"reward.timeout_mode={self.timeout_mode!r}: use one of {TIMEOUT_MODES}")
+        if self.num_workers < 1:
+            raise ValueError(f"reward.num_workers={self.num_workers}: must be >= 1 (e.g. 4)")
         if self.float_rounding < 0 or self.numeric_precision <= 0:
             raise ValueError("reward.float_rounding must be >= 0 and reward.numeric_precision > 0")
         return self

@@ -5,8 +5,10 @@ seconds only. We switch them off (parsing_timeout=None, timeout_seconds=None, ra
 reach us and are counted) and bound the call ourselves:
 - on the main thread (POSIX): a SIGALRM interval timer (setitimer, sub-second) raising VerifierTimeout, a
   BaseException so that sympy's `except Exception` blocks cannot swallow it;
-- elsewhere (or timeout_mode="process"): a long-lived spawned worker process; a call that outlives the limit
-  kills the worker (a hung sympy computation cannot be interrupted in-thread) and the next call starts a new one.
+- elsewhere (or timeout_mode="process"): a pool of long-lived spawned worker processes (one call at a time
+  each, so that rewards scored from several threads at once, e.g. while rollouts stream in, run in parallel);
+  a call that outlives the limit kills its worker (a hung sympy computation cannot be interrupted in-thread)
+  and the next call on that slot starts a new one. Workers start when first needed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import threading
 import time
@@ -175,8 +178,57 @@ class _Worker:
         self._proc = self._conn = None
 
 
-_WORKER = _Worker()
-os.register_at_fork(after_in_child=_WORKER.forget)
+class _WorkerPool:
+    """`size` workers; a call takes an idle one (waiting while all are busy) and gives it back after."""
+
+    def __init__(self, size: int = 1) -> None:
+        self._workers: list[_Worker] = []
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._resize_lock = threading.Lock()
+        self.resize(size)
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def resize(self, size: int) -> None:
+        """Grow the pool to `size` workers (a pool never shrinks: a worker in use cannot be taken away; idle
+        ones cost only memory). Raises ValueError for size < 1."""
+        if size < 1:
+            raise ValueError(f"a math-verify worker pool needs at least 1 worker, not {size}")
+        with self._resize_lock:
+            while len(self._workers) < size:
+                w = _Worker()
+                self._workers.append(w)
+                self._idle.put(w)
+
+    def run(self, args: tuple, timeout_s: float) -> VerifyOutcome:
+        worker = self._idle.get()
+        try:
+            return worker.run(args, timeout_s)
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+
+    def forget(self) -> None:
+        """In a forked child (see _Worker.forget): a fresh pool of the same size, nothing started."""
+        n = len(self._workers)
+        self._workers, self._idle = [], queue.SimpleQueue()
+        self._resize_lock = threading.Lock()
+        self.resize(n)
+
+
+_POOL = _WorkerPool(1)
+os.register_at_fork(after_in_child=_POOL.forget)
+
+
+def set_num_workers(n: int) -> None:
+    """Let up to n math-verify calls made off the main thread run at once (n worker processes, started
+    when first needed). The trainer sets reward.num_workers here before scoring streamed rollouts."""
+    _POOL.resize(n)
 
 
 def verify_with_time_limit(
@@ -197,9 +249,9 @@ def verify_with_time_limit(
     on_main = threading.current_thread() is threading.main_thread()
     if mode == "auto" and on_main and hasattr(signal, "setitimer"):
         return _verify_with_alarm(args, timeout_s)
-    return _WORKER.run(args, timeout_s)
+    return _POOL.run(args, timeout_s)
 
 
 def shutdown_worker() -> None:
-    """Stop the verification worker process if one runs (it is also a daemon, ended with the parent)."""
-    _WORKER.close()
+    """Stop the verification worker processes that run (they are also daemons, ended with the parent)."""
+    _POOL.close()

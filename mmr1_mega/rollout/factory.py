@@ -15,13 +15,16 @@ def make_engine(
     stage: int = 0,
     master_port: int | None = None,
     host: str = "127.0.0.1",
+    router: bool | None = None,
 ):
     """Build (and for SGLang launch) the engine of `cfg` (mmr1_mega.config.RolloutConfig) serving the HF
     directory model_path. device / dtype: for the local engine; stage / master_port: the pipeline stage a
     disaggregated SGLang client serves and its NCCL rendezvous port.
 
     host: the address the servers (cfg.num_engines of them, on this node) listen on (this node's reachable
-    address when other nodes must reach them). device: "cpu" runs the engines' CPU builds.
+    address when other nodes must reach them). device: "cpu" runs the engines' CPU builds. router: start
+    sglang-router in front of the SGLang servers (default cfg.router; False for servers that only receive
+    weights, their generation going through another process's client).
     Raises EngineError when the engine cannot start (e.g. the engine not installed and no server_launcher, a model vLLM cannot serve on this device, a server not healthy within
     cfg.server_timeout_s).
     """
@@ -85,6 +88,7 @@ def make_engine(
             weight_dir=cfg.weight_dir or None,
             timeout_s=cfg.server_timeout_s,
             request_timeout_s=cfg.request_timeout_s,
+            max_inflight=cfg.max_inflight_per_engine,
         ).launch()
     from mmr1_mega.rollout.sglang import SGLangEngine
     from mmr1_mega.rollout.sglang_server import SGLangServer
@@ -112,8 +116,37 @@ def make_engine(
         master_port=master_port if master_port is not None else (None if cfg.colocate else free_port()),
         timeout_s=cfg.server_timeout_s,
         request_timeout_s=cfg.request_timeout_s,
+        max_inflight=cfg.max_inflight_per_engine,
+        router=make_router(cfg) if (cfg.router if router is None else router) else None,
     )
     return engine.launch()
+
+
+def make_router(cfg):
+    """The sglang-router process of cfg (not started: the SGLang engine starts it after its servers), on
+    this host, at a free port."""
+    import importlib.util
+
+    from mmr1_mega.distributed.init import free_port
+    from mmr1_mega.rollout.server import default_log_path
+    from mmr1_mega.rollout.sglang_server import SGLangRouter
+
+    if not cfg.router_launcher and importlib.util.find_spec("sglang_router") is None:
+        raise EngineError(
+            "rollout.router=true needs sglang-router here (pip install sglang-router==0.3.2), or "
+            "rollout.router_launcher naming the python of an environment that has it (e.g. "
+            "[.venv-sglang/bin/python, -m, sglang_router.launch_router] after `bash scripts/engine_env.sh sglang`)"
+        )
+    port = free_port()
+    return SGLangRouter(
+        "",
+        port=port,
+        policy=cfg.router_policy,
+        request_timeout_s=cfg.request_timeout_s,
+        extra_args=[str(a) for a in cfg.router_args],
+        log_path=default_log_path(port, "sglang-router"),
+        **({"launcher": list(cfg.router_launcher)} if cfg.router_launcher else {}),
+    )
 
 
 def make_client(cfg, addresses: list[dict], dtype: str = "fp32"):
@@ -143,7 +176,11 @@ def make_client(cfg, addresses: list[dict], dtype: str = "fp32"):
         "colocated": cfg.colocate,
         "timeout_s": cfg.server_timeout_s,
         "request_timeout_s": cfg.request_timeout_s,
+        "max_inflight": cfg.max_inflight_per_engine,
     }
+    if cfg.engine == "sglang" and cfg.router:
+        kw["router"] = make_router(cfg)
+    # external servers: launch only waits until each is healthy (and starts the router, if any)
     return Engine(servers, **kw).launch()  # external servers: launch only waits until each is healthy
 
 

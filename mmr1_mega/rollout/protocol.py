@@ -21,7 +21,15 @@ FINISH_REASONS = ("stop", "length")
 
 
 class EngineError(RuntimeError):
-    """An engine failed, refused a request or is unreachable."""
+    """An engine failed, refused a request or is unreachable.
+
+    retryable: the failure is the server's (unreachable, timed out, an internal error), so the same request
+    may succeed on another server; False when the server refused the request itself (e.g. HTTP 4xx).
+    """
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass

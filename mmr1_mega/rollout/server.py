@@ -10,6 +10,7 @@ running any of it (SIGKILL, the OOM killer): PR_SET_PDEATHSIG.
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import itertools
 import json
@@ -19,8 +20,8 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,16 +42,20 @@ def post(
     when it is not JSON, None if empty).
 
     Raises EngineError when the server cannot be reached, answers an HTTP error, or reports
-    {"success": false}. engine names the server in the message.
+    {"success": false}; retryable (on another server) when it could not be reached, timed out or answered
+    5xx. engine names the server in the message.
     """
     try:
         resp = requests.post(
             url + path, json=body if body is not None else {}, params=params, timeout=timeout_s
         )
     except requests.RequestException as e:
-        raise EngineError(f"{engine} server {url} did not answer {path}: {e}") from e
+        raise EngineError(f"{engine} server {url} did not answer {path}: {e}", retryable=True) from e
     if resp.status_code != 200:
-        raise EngineError(f"{engine} server {url}{path} answered {resp.status_code}: {resp.text[:500]}")
+        raise EngineError(
+            f"{engine} server {url}{path} answered {resp.status_code}: {resp.text[:500]}",
+            retryable=resp.status_code >= 500,
+        )
     try:
         answer = resp.json() if resp.content else None
     except ValueError:  # some endpoints answer plain text (SGLang's /flush_cache: "Cache flushed.")
@@ -241,16 +246,29 @@ class ServerEngine:
     """What every server-backed engine shares: start and health-wait its servers, restart dead ones (marked
     stale: they hold the checkpoint's weights, not the actor's, and get no generation until the next full
     weight update), spread generation over the fresh ones, stop them all. Subclasses say how one server
-    generates (_send), how a batch is checked before anything is sent (_check_requests) and what a restart
-    invalidates (_on_restart)."""
+    generates (_send, or _send_one for one request), how a batch is checked before anything is sent
+    (_check_requests) and what a restart invalidates (_on_restart).
+
+    max_inflight: requests (prompt groups) in flight per server; max_attempts: servers one request may be
+    tried on before the call fails."""
 
     engine = "engine"
 
-    def __init__(self, servers: Sequence[EngineServer], timeout_s: float, request_timeout_s: float):
+    def __init__(
+        self,
+        servers: Sequence[EngineServer],
+        timeout_s: float,
+        request_timeout_s: float,
+        max_inflight: int = 32,
+        max_attempts: int = 3,
+    ):
         if not servers:
             raise ValueError(f"{type(self).__name__} needs at least one server")
+        if max_inflight < 1 or max_attempts < 1:
+            raise ValueError(f"max_inflight={max_inflight} and max_attempts={max_attempts} must be >= 1")
         self.servers = list(servers)
         self.timeout_s, self.request_timeout_s = timeout_s, request_timeout_s
+        self.max_inflight, self.max_attempts = max_inflight, max_attempts
         self.stale: set[int] = set()  # servers restarted since the last full update
         self._next = itertools.count()
         self._lock = threading.Lock()
@@ -345,43 +363,87 @@ class ServerEngine:
 
     # ---- generation ------------------------------------------------------------------------------------
 
+    def _send_one(self, server: EngineServer, request) -> list:
+        """Generate one request on one server: its n GenerationOutputs."""
+        return self._send(server, [request])[0]
+
     def generate(self, requests: Sequence) -> list:
-        """Split the requests over the fresh servers (round-robin, contiguous chunks); a server that fails
-        is restarted and its chunk retried once on another. Raises EngineError when no fresh server is
-        left, ValueError for a bad request (before anything is sent)."""
+        """Every request's n GenerationOutputs, in request order: generate_stream collected."""
+        out: list = [None] * len(requests)
+        for i, samples in self.generate_stream(requests):
+            out[i] = samples
+        return out
+
+    def generate_stream(self, requests: Sequence) -> Iterator[tuple[int, list]]:
+        """Yield (request index, its n GenerationOutputs) as each request finishes, in finishing order.
+
+        One HTTP request per prompt group, at most `max_inflight` in flight per server; the next request goes
+        to the fresh server with the fewest in flight (ties in turn), so a slow server takes fewer. A request
+        that fails with a retryable error (server unreachable, timed out, 5xx) is sent again to another
+        fresh server (up to `max_attempts` servers in all); a server found dead is restarted (ours) or set
+        aside (an external one) and gets no more requests this call. A refused request (4xx) raises at once.
+        Raises ValueError for a bad request before anything is sent; EngineError when no fresh server is
+        left or a request failed on max_attempts servers.
+        """
         self._check_requests(requests)
-        fresh = [i for i in range(len(self.servers)) if i not in self.stale]
-        if not fresh:
+        if not requests:
+            return
+        if not self._fresh():
             raise EngineError(
                 f"every {self.engine} server was restarted since the last weight update: sync weights first"
             )
-        m = min(len(fresh), len(requests))
-        if m == 0:
-            return []
-        first = next(self._next)
-        indices = [list(range(k, len(requests), m)) for k in range(m)]
-        targets = [fresh[(first + k) % len(fresh)] for k in range(m)]
-        out: list = [None] * len(requests)
-        with ThreadPoolExecutor(m) as pool:
-            futures = [
-                pool.submit(self._generate_on, t, [requests[i] for i in idx])
-                for t, idx in zip(targets, indices)
-            ]
-            for idx, f in zip(indices, futures):
-                for i, samples in zip(idx, f.result()):
-                    out[i] = samples
-        return out
-
-    def _generate_on(self, index: int, requests: list) -> list:
-        server = self.servers[index]
+        todo = collections.deque((i, ()) for i in range(len(requests)))  # (request, servers it failed on)
+        load = collections.Counter()
+        turn = next(self._next)
+        pool = ThreadPoolExecutor(max(1, min(len(requests), self.max_inflight * len(self.servers))))
+        running: dict = {}  # future -> (request index, server index, servers tried before)
         try:
-            return self._send(server, requests)
-        except EngineError:
-            if server.alive() and server.healthy():
-                raise  # the server is fine: the request itself failed
-            with self._lock:
-                self.restart_dead()
-                others = [i for i in range(len(self.servers)) if i not in self.stale and i != index]
-            if not others:
-                raise
-            return self._send(self.servers[others[0]], requests)
+            while todo or running:
+                while todo:
+                    i, tried = todo[0]
+                    options = [k for k in self._fresh() if load[k] < self.max_inflight and k not in tried]
+                    if not options:
+                        if not running and not [k for k in self._fresh() if k not in tried]:
+                            raise EngineError(
+                                f"{self.engine} request {i} failed on server(s) {list(tried)} and no other "
+                                "fresh server is left"
+                            )
+                        break  # wait for a slot
+                    k = min(options, key=lambda k: (load[k], (k - turn) % len(self.servers)))
+                    todo.popleft()
+                    load[k] += 1
+                    running[pool.submit(self._send_one, self.servers[k], requests[i])] = (i, k, tried)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i, k, tried = running.pop(f)
+                    load[k] -= 1
+                    try:
+                        samples = f.result()
+                    except EngineError as e:
+                        self._after_failure(k, e)
+                        if len(tried) + 1 >= self.max_attempts:
+                            raise EngineError(
+                                f"{self.engine} request {i} failed on {len(tried) + 1} server(s); last: {e}",
+                                retryable=e.retryable,
+                            ) from e
+                        todo.appendleft((i, (*tried, k)))
+                        continue
+                    yield i, samples
+        finally:
+            for f in running:
+                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _fresh(self) -> list[int]:
+        return [i for i in range(len(self.servers)) if i not in self.stale]
+
+    def _after_failure(self, index: int, error: EngineError) -> None:
+        """A request failed on server `index`: raise when the request itself was refused by a working
+        server; restart (or set aside) the server when it is dead; a slow but live one stays in use."""
+        server = self.servers[index]
+        if server.alive() and server.healthy():
+            if not error.retryable:
+                raise error  # the server is fine: the request itself failed
+            return
+        with self._lock:
+            self.restart_dead()

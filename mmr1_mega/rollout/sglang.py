@@ -17,15 +17,15 @@ dead is restarted and marked stale: it gets no generation until the next full we
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import torch
 
 from mmr1_mega.rollout import sglang_payloads as P
 from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
 from mmr1_mega.rollout.server import ServerEngine
-from mmr1_mega.rollout.sglang_server import SGLangServer, post
+from mmr1_mega.rollout.sglang_server import SGLangRouter, SGLangServer, post
 
 
 def serialize_flattened_bucket(bucket: Sequence[tuple[str, torch.Tensor]], tp_size: int) -> list[str]:
@@ -81,17 +81,19 @@ class SGLangEngine(ServerEngine):
     ServerEngine's).
 
     servers: the SGLangServer processes this client manages (started by launch(), restarted when dead);
-    router_url: send generation to an sglang-router in front of them instead of round-robin;
+    router: an sglang-router (not yet started) to send generation to instead of our own dispatcher; the
+    engine starts it after the servers, keeps its workers = the fresh servers, and stops it;
     colocated: weights by CUDA IPC (True) or by NCCL broadcast (False); stage: the pipeline stage this
     client's sync leader serves (disaggregated groups are per stage); master_address / master_port:
     where this leader's NCCL group rendezvous (disaggregated); image_token_id: the model's image
-    placeholder (read from the model folder when not given).
+    placeholder (read from the model folder when not given); max_inflight: prompt groups in flight per
+    server.
     """
 
     def __init__(
         self,
         servers: Sequence[SGLangServer],
-        router_url: str | None = None,
+        router: SGLangRouter | None = None,
         colocated: bool = True,
         stage: int = 0,
         master_address: str = "127.0.0.1",
@@ -99,10 +101,11 @@ class SGLangEngine(ServerEngine):
         timeout_s: float = 600.0,
         request_timeout_s: float = 3600.0,
         image_token_id: int | None = None,
+        max_inflight: int = 32,
     ):
-        super().__init__(servers, timeout_s, request_timeout_s)
+        super().__init__(servers, timeout_s, request_timeout_s, max_inflight=max_inflight)
         self.image_token_id = image_token_id if image_token_id is not None else _image_token_id(servers[0])
-        self.router_url = router_url
+        self.router = router
         self.colocated = colocated
         self.stage = stage
         self.master_address, self.master_port = master_address, master_port
@@ -110,18 +113,81 @@ class SGLangEngine(ServerEngine):
 
     engine = "SGLang"
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[GenerationOutput]]:
-        """To the router when there is one, else spread over the fresh servers (ServerEngine.generate)."""
-        if self.router_url is None:
-            return super().generate(requests)
+    def launch(self):
+        """Start the servers (ServerEngine.launch), then the router in front of them. Returns self."""
+        super().launch()
+        if self.router is not None:
+            self.router.worker_urls = [s.url for s in self.servers]
+            try:
+                self.router.start()
+                self.router.wait_healthy(self.timeout_s)
+            except EngineError:
+                self.shutdown()
+                raise
+        return self
+
+    def shutdown(self) -> None:
+        if self.router is not None:
+            self.router.stop()
+        super().shutdown()
+
+    def _sync_router(self) -> None:
+        """The router routes to the fresh servers only (a stale one holds the checkpoint's weights)."""
+        if self.router is not None and self.router.process is not None:
+            self.router.set_workers([s.url for i, s in enumerate(self.servers) if i not in self.stale])
+
+    def restart_dead(self) -> list[int]:
+        restarted = super().restart_dead()
+        self._sync_router()  # restarted and set-aside servers out of the router
+        return restarted
+
+    def mark_synced(self) -> list[int]:
+        stale = super().mark_synced()
+        self._sync_router()
+        return stale
+
+    def generate_stream(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[int, list]]:
+        """Through the router when there is one, else ServerEngine's dispatcher over the fresh servers.
+
+        With the router each sample is one request (the router takes single requests; its cache_aware
+        policy keeps a group's samples, which share their prompt, on one server), a group is yielded when
+        its n samples are in; the router retries failed requests on other servers itself. A call that
+        still fails is retried once after dead servers were restarted (and taken out of the router)."""
+        if self.router is None:
+            yield from super().generate_stream(requests)
+            return
         self._check_requests(requests)
+        if not requests:
+            return
+        jobs = [(i, j) for i, r in enumerate(requests) for j in range(r.n)]
+        got: dict[int, dict[int, GenerationOutput]] = {i: {} for i in range(len(requests))}
+        pool = ThreadPoolExecutor(min(len(jobs), self.max_inflight * len(self.servers)))
+        futures = {pool.submit(self._route, requests[i], j): (i, j) for i, j in jobs}
+        try:
+            for f in as_completed(futures):
+                i, j = futures[f]
+                try:
+                    got[i][j] = f.result()
+                except EngineError:
+                    with self._lock:
+                        self.restart_dead()
+                    got[i][j] = self._route(requests[i], j)
+                if len(got[i]) == requests[i].n:
+                    yield i, [got[i][k] for k in range(requests[i].n)]
+        finally:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _route(self, r: GenerationRequest, sample: int) -> GenerationOutput:
         answer = post(
-            self.router_url,
+            self.router.url,
             "/generate",
-            P.generate_payload(requests, self.image_token_id),
+            P.sample_payload(r, sample, self.image_token_id),
             self.request_timeout_s,
+            "sglang-router",
         )
-        return P.parse_generate_response(answer, requests)
+        return P.parse_sample(answer, r)
 
     def _send(self, server: SGLangServer, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
         answer = post(
@@ -235,6 +301,7 @@ class SGLangEngine(ServerEngine):
         finally:  # a paused server answers nothing, not even /health: always resume
             self._each("/continue_generation", P.continue_payload())
         self.stale.clear()
+        self._sync_router()
 
     def flush_cache(self) -> None:
         """Drop every server's prefix cache."""

@@ -51,6 +51,30 @@ def sampling_params(r: GenerationRequest, sample: int) -> dict:
     return params
 
 
+def _prompt(r: GenerationRequest, image_token_id: int | None) -> tuple[list[int], list[str]]:
+    """A request's prompt ids as SGLang takes them (one placeholder per image) and its images."""
+    r.validate()
+    if r.prompt_ids is None:
+        raise ValueError("the SGLang engine takes prompt_ids (render messages with the processor first)")
+    if r.pixel_values is not None and not r.images:
+        raise ValueError(
+            "SGLang processes images itself: pass the raw images in GenerationRequest.images "
+            "(paths, URLs or PIL images) along with the prompt ids"
+        )
+    images = [_image_item(im) for im in (r.images or [])]
+    ids = list(r.prompt_ids)
+    if images:
+        if image_token_id is None:
+            raise ValueError("a request with images needs the model's image_token_id")
+        ids, n_images = image_prompt_ids(ids, image_token_id)
+        if n_images != len(images):
+            raise ValueError(
+                f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the "
+                f"request carries {len(images)} image(s)"
+            )
+    return ids, images
+
+
 def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int | None = None) -> dict:
     """A batched GenerateReqInput body: each request's prompt repeated n times, one row per sample. A
     prompt with images is sent with one placeholder (image_token_id) per image: SGLang's Qwen-VL processor
@@ -62,25 +86,7 @@ def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int 
     """
     input_ids, images, params = [], [], []
     for r in requests:
-        r.validate()
-        if r.prompt_ids is None:
-            raise ValueError("the SGLang engine takes prompt_ids (render messages with the processor first)")
-        if r.pixel_values is not None and not r.images:
-            raise ValueError(
-                "SGLang processes images itself: pass the raw images in GenerationRequest.images "
-                "(paths, URLs or PIL images) along with the prompt ids"
-            )
-        row_images = [_image_item(im) for im in (r.images or [])]
-        ids = list(r.prompt_ids)
-        if row_images:
-            if image_token_id is None:
-                raise ValueError("a request with images needs the model's image_token_id")
-            ids, n_images = image_prompt_ids(ids, image_token_id)
-            if n_images != len(row_images):
-                raise ValueError(
-                    f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the "
-                    f"request carries {len(row_images)} image(s)"
-                )
+        ids, row_images = _prompt(r, image_token_id)
         for i in range(r.n):
             input_ids.append(ids)
             images.append(row_images)  # [] for a row without images: SGLang 0.5.23 refuses None beside lists
@@ -92,6 +98,22 @@ def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int 
         "logprob_start_len": -1,
     }
     if any(images):
+        body["image_data"] = images
+    return body
+
+
+def sample_payload(r: GenerationRequest, sample: int, image_token_id: int | None = None) -> dict:
+    """The single (un-batched) GenerateReqInput body of sample `sample` of request r: what sglang-router
+    takes (its /generate parses sampling_params as one object, not a list) and forwards to a server.
+    Same prompt, images and sampling parameters as that row of generate_payload."""
+    ids, images = _prompt(r, image_token_id)
+    body = {
+        "input_ids": ids,
+        "sampling_params": sampling_params(r, sample),
+        "return_logprob": True,
+        "logprob_start_len": -1,
+    }
+    if images:
         body["image_data"] = images
     return body
 
@@ -109,35 +131,36 @@ def parse_generate_response(answer, requests: Sequence[GenerationRequest]) -> li
         raise EngineError(f"SGLang returned {len(rows)} outputs for {expected} samples")
     out, k = [], 0
     for r in requests:
-        samples = []
-        for row in rows[k : k + r.n]:
-            meta = row.get("meta_info", {})
-            if r.images and meta.get("prompt_tokens") not in (None, len(r.prompt_ids)):
-                raise EngineError(
-                    f"SGLang expanded the prompt's images to {meta['prompt_tokens']} prompt tokens, the "
-                    f"trainer to {len(r.prompt_ids)}: the engine's image processor resizes differently (set "
-                    "the model folder's preprocessor min_pixels / max_pixels to the run's data.min_pixels / "
-                    "max_pixels)"
-                )
-            reason = (meta.get("finish_reason") or {}).get("type")
-            if reason not in ("stop", "length"):
-                raise EngineError(f"SGLang finished a sample with {meta.get('finish_reason')!r}")
-            lps = meta.get("output_token_logprobs") or []
-            ids = list(row.get("output_ids") or [t[1] for t in lps])
-            if len(lps) != len(ids):
-                raise EngineError(f"SGLang returned {len(lps)} logprobs for {len(ids)} tokens")
-            samples.append(
-                GenerationOutput(
-                    token_ids=ids,
-                    text=row.get("text", ""),
-                    logprobs=[float(t[0]) for t in lps],
-                    finish_reason=reason,
-                    meta={"engine": "sglang", "id": meta.get("id")},
-                )
-            )
-        out.append(samples)
+        out.append([parse_sample(row, r) for row in rows[k : k + r.n]])
         k += r.n
     return out
+
+
+def parse_sample(row: dict, r: GenerationRequest) -> GenerationOutput:
+    """One output of /generate (a row of a batched answer, or a single request's answer) for request r.
+    Raises EngineError on an aborted or malformed output."""
+    meta = row.get("meta_info", {})
+    if r.images and meta.get("prompt_tokens") not in (None, len(r.prompt_ids)):
+        raise EngineError(
+            f"SGLang expanded the prompt's images to {meta['prompt_tokens']} prompt tokens, the "
+            f"trainer to {len(r.prompt_ids)}: the engine's image processor resizes differently (set "
+            "the model folder's preprocessor min_pixels / max_pixels to the run's data.min_pixels / "
+            "max_pixels)"
+        )
+    reason = (meta.get("finish_reason") or {}).get("type")
+    if reason not in ("stop", "length"):
+        raise EngineError(f"SGLang finished a sample with {meta.get('finish_reason')!r}")
+    lps = meta.get("output_token_logprobs") or []
+    ids = list(row.get("output_ids") or [t[1] for t in lps])
+    if len(lps) != len(ids):
+        raise EngineError(f"SGLang returned {len(lps)} logprobs for {len(ids)} tokens")
+    return GenerationOutput(
+        token_ids=ids,
+        text=row.get("text", ""),
+        logprobs=[float(t[0]) for t in lps],
+        finish_reason=reason,
+        meta={"engine": "sglang", "id": meta.get("id")},
+    )
 
 
 # ---- weight updates ------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class VLLMEngine(ServerEngine):
 
     image_token_id: the model's image placeholder (read from the model folder when not given);
     colocated: servers share the actor's GPUs (they sleep while it trains); weight_dir: where update
-    folders are written (default /dev/shm, else the temp dir); max_concurrency: requests in flight per
+    folders are written (default /dev/shm, else the temp dir); max_inflight: prompt groups in flight per
     server.
     """
 
@@ -175,15 +175,14 @@ class VLLMEngine(ServerEngine):
         weight_dir: str | None = None,
         timeout_s: float = 600.0,
         request_timeout_s: float = 3600.0,
-        max_concurrency: int = 256,
+        max_inflight: int = 32,
     ):
-        super().__init__(servers, timeout_s, request_timeout_s)
+        super().__init__(servers, timeout_s, request_timeout_s, max_inflight=max_inflight)
         if image_token_id is None:
             image_token_id = model_facts(self.servers[0].model_path)["image_token_id"]
         self.image_token_id = image_token_id
         self.colocated = colocated
         self.weight_dir = weight_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
-        self.max_concurrency = max_concurrency
         transfers = {s.weight_transfer for s in self.servers}
         if len(transfers) != 1:
             raise EngineError(f"vLLM servers with different weight transfers {sorted(transfers)}")
@@ -201,21 +200,15 @@ class VLLMEngine(ServerEngine):
         for r in requests:
             P.generate_payload(r, self.image_token_id)  # ValueError before anything is sent
 
-    def _send(self, server: VLLMServer, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(r: GenerationRequest) -> list[GenerationOutput]:
-            answer = post(
-                server.url,
-                P.GENERATE_PATH,
-                P.generate_payload(r, self.image_token_id),
-                self.request_timeout_s,
-                self.engine,
-            )
-            return P.parse_generate_response(answer, r)
-
-        with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(requests)))) as pool:
-            return list(pool.map(one, requests))
+    def _send_one(self, server: VLLMServer, request: GenerationRequest) -> list[GenerationOutput]:
+        answer = post(
+            server.url,
+            P.GENERATE_PATH,
+            P.generate_payload(request, self.image_token_id),
+            self.request_timeout_s,
+            self.engine,
+        )
+        return P.parse_generate_response(answer, request)
 
     # ---- weights ---------------------------------------------------------------------------------------
 

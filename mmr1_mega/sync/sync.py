@@ -178,6 +178,19 @@ def sync_weights(
     streams = me["dp"] == 0  # every TP rank of replica 0 takes part in the TP all-gathers
     sent = {"bytes": 0, "tensors": 0, "buckets": 0}
     sums: dict[str, str] = {}
+    fed = {"bytes": 0, "begin": None, "seconds": 0.0}  # what this rank's engine client was given, and when
+
+    def begin() -> None:
+        fed["begin"] = time.perf_counter()
+        engine.begin_update()
+
+    def feed(bucket: Bucket) -> None:
+        engine.update_weights(bucket)
+        fed["bytes"] += sum(nbytes(t) for _, t in bucket)
+
+    def end() -> None:
+        engine.end_update()
+        fed["seconds"] = time.perf_counter() - fed["begin"]
 
     def counted(buckets: Iterator[Bucket]) -> Iterator[Bucket]:
         for b in buckets:
@@ -192,7 +205,7 @@ def sync_weights(
     if mode == "fanout":
         plan = _fanout_plan(everyone, leaders)
         if engine is not None:
-            engine.begin_update()
+            begin()
         dist.barrier()  # no bucket may arrive at an engine that is still generating
         stage_seconds = 0.0
         for stage, (src, receivers, group) in sorted(plan.items()):
@@ -208,15 +221,15 @@ def sync_weights(
                     buckets = stream
                 for b in buckets:
                     if engine is not None:
-                        engine.update_weights(b)
+                        feed(b)
                 stage_seconds = time.perf_counter() - start
             elif me["rank"] in receivers:
                 for b in _receive_stage(src, group):
-                    engine.update_weights(b)
+                    feed(b)
         if engine is not None:
-            engine.end_update()
+            end()
     elif me["rank"] == 0:
-        engine.begin_update()
+        begin()
     if mode != "fanout":
         dist.barrier()  # no bucket may arrive at an engine that is still generating
     if streams and mode != "fanout":
@@ -228,7 +241,7 @@ def sync_weights(
             buckets = counted(iter_buckets(stream, bucket_mb))
             if mode == "direct" or me["rank"] == 0:
                 for b in buckets:
-                    engine.update_weights(b)
+                    feed(b)
             else:
                 _send_stage(buckets, dst=0)
     if mode != "fanout":
@@ -237,14 +250,23 @@ def sync_weights(
         device = comm_device()
         for stage in sorted(leaders)[1:]:
             for b in _recv_stage(leaders[stage], device):
-                engine.update_weights(b)
+                feed(b)
     if mode != "fanout" and me["rank"] == 0:
-        engine.end_update()
+        end()
     dist.barrier()
     seconds = time.perf_counter() - start
 
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (me["stage"], leader, sent, stage_seconds, sums, seconds))
+    engine_report = None
+    if engine is not None:
+        servers = getattr(engine, "servers", None)
+        engine_report = {
+            "rank": me["rank"],
+            "servers": len(servers) if servers is not None else 1,
+            "bytes": fed["bytes"],
+            "seconds": fed["seconds"],
+        }
+    dist.all_gather_object(parts, (me["stage"], leader, sent, stage_seconds, sums, seconds, engine_report))
     stages = sorted((p for p in parts if p[1]), key=lambda p: p[0])
     total = sum(p[2]["bytes"] for p in stages)
     seconds = max(p[5] for p in parts)  # the update is done when the slowest rank is
@@ -258,6 +280,9 @@ def sync_weights(
         "bucket_mb": bucket_mb,
         "stage_seconds": [p[3] for p in stages],
         "stage_bytes": [p[2]["bytes"] for p in stages],
+        # per engine client (one per node with engines placed per node; rank 0's otherwise): the bytes it
+        # gave its servers (each server gets them all) and its seconds from begin_update to end_update
+        "engines": [p[6] for p in parts if p[6] is not None],
     }
     if verify:
         actor = {n: s for p in stages for n, s in p[4].items()}

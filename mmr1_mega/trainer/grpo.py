@@ -292,4 +292,7 @@ def _perf(t: dict, tokens: int, sync: dict) -> dict:
             "sync/bytes": float(sync.get("bytes", 0.0)),
         }
     )
+    for k, e in enumerate(sync.get("engines", [])):  # each engine client (per node with per-node placement)
+        out[f"sync/engine{k}_seconds"] = float(e["seconds"])
+        out[f"sync/engine{k}_bytes"] = float(e["bytes"])
     return out

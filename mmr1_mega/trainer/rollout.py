@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mmr1_mega.actor.batch import RolloutBatch, build_batch
-from mmr1_mega.reward import compute_rewards
+from mmr1_mega.reward import RewardResult, compute_rewards
+from mmr1_mega.reward.verify import set_num_workers
 from mmr1_mega.rollout.protocol import GenerationRequest
 from mmr1_mega.vas.outcomes import RolloutOutcomes
 
@@ -191,15 +193,19 @@ def generate_and_score(
         )
         for k, s in enumerate(samples)
     ]
+    answers = [s["answer"] for s in samples]
+    problems = [s["problem"] for s in samples]
     t0 = time.perf_counter()
-    outputs = engine.generate(requests)
-    t1 = time.perf_counter()
+    if not hasattr(engine, "generate_stream"):  # the in-process engine: one batch, scored on this thread
+        outputs = engine.generate(requests)
+        t1 = time.perf_counter()
+        texts = [o.text for per_prompt in outputs for o in per_prompt]
+        scored = compute_rewards(texts, _repeat(answers, n), reward_cfg, _repeat(problems, n))
+    else:
+        outputs, scored, t1 = _stream_and_score(engine, requests, answers, problems, n, reward_cfg)
+    t2 = time.perf_counter()
     flat = [o for per_prompt in outputs for o in per_prompt]
     texts = [o.text for o in flat]
-    answers = [s["answer"] for s in samples for _ in range(n)]
-    problems = [s["problem"] for s in samples for _ in range(n)]
-    scored = compute_rewards(texts, answers, reward_cfg, problems)
-    t2 = time.perf_counter()
     return Rollouts(
         prompt_indices=[int(i) for i in indices],
         n=n,
@@ -214,6 +220,28 @@ def generate_and_score(
         generate_seconds=t1 - t0,
         reward_seconds=t2 - t1,
     )
+
+
+def _repeat(xs: list, n: int) -> list:
+    return [x for x in xs for _ in range(n)]
+
+
+def _stream_and_score(engine, requests, answers, problems, n, reward_cfg):
+    """Server engines: each prompt group is scored as soon as its responses arrive, by reward_cfg.num_workers
+    threads (each verifying in a worker process of its own), while the other groups are still generated.
+    Returns (outputs in request order, the RewardResult in the same order, when the last group arrived)."""
+    set_num_workers(reward_cfg.num_workers)
+    outputs: list = [None] * len(requests)
+    futures: dict = {}
+    with ThreadPoolExecutor(reward_cfg.num_workers, thread_name_prefix="mmr1-reward") as pool:
+        for i, group in engine.generate_stream(requests):
+            outputs[i] = group
+            futures[i] = pool.submit(
+                compute_rewards, [o.text for o in group], [answers[i]] * n, reward_cfg, [problems[i]] * n
+            )
+        t1 = time.perf_counter()
+        scored = RewardResult.concat([futures[i].result() for i in range(len(requests))])
+    return outputs, scored, t1
 
 
 def rollout_batch(dataset, rollouts: Rollouts, image_token_id: int, merge: int) -> RolloutBatch:
@@ -252,6 +280,7 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "rollout/response_tokens": float(lengths.sum()),  # every generated token (rollout compute)
         "response/truncated_frac": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
         "time/generate": rollouts.generate_seconds,
+        # server engines score groups while others generate: only the scoring left after the last arrived
         "time/reward": rollouts.reward_seconds,
         **{k if "/" in k else f"reward/{k}": v for k, v in rollouts.reward_metrics.items()},
     }

@@ -132,7 +132,12 @@ def start_node_engines(cfg: Config):
 
     def leader_start():
         holder["engine"] = make_engine(
-            cfg.rollout, cfg.model.hf_path, device=dev, dtype=cfg.model.dtype, host=node_host(nodes)
+            cfg.rollout,
+            cfg.model.hf_path,
+            device=dev,
+            dtype=cfg.model.dtype,
+            host=node_host(nodes),
+            router=False,  # generation goes through rank 0's client (and its router, if any)
         )
         return holder["engine"].addresses()
 

@@ -66,3 +66,6 @@ def test_the_sync_reports_fanout_and_both_engines_verified(run, layout):
             assert m["mode"] == "fanout" and m["verified_engines"] == 2
             assert not any(m["verify"].values())
             assert m["bytes"] > 0 and m["tensors"] > 0
+            # per engine client (one per node): each was given every byte of the model, once
+            assert len(m["engines"]) == 2 and {e["bytes"] for e in m["engines"]} == {m["bytes"]}
+            assert all(e["seconds"] > 0 for e in m["engines"])

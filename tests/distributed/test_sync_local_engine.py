@@ -140,4 +140,8 @@ def test_metrics_count_every_byte_and_split_buckets(run, layout):
     big = sum(t.numel() * t.element_size() > 0.02 * 2**20 for t in v1.values())  # each travels alone
     assert big >= 2 and big + len(m["stage_bytes"]) <= m["buckets"] < m["tensors"]
     assert m["seconds"] > 0 and m["gb_per_s"] > 0
+    # one engine client (rank 0's), given every byte: the relayed stages' too
+    assert [(e["rank"], e["bytes"]) for e in m["engines"]] == [(0, m["bytes"])] and m["engines"][0][
+        "seconds"
+    ] > 0
     assert all(r[layout]["metrics1"] == m for r in run["all"])  # every rank returns the same metrics

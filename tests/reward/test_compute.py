@@ -7,6 +7,7 @@ import time
 import pytest
 
 from mmr1_mega.reward import RewardConfig, compute_rewards, judge_answer
+from mmr1_mega.reward.verify import TIMEOUT
 
 # sympy evaluates this power tower for minutes: a real, reproducible hang of math-verify.
 HANG = "9^{9^{9^{9}}}"
@@ -118,3 +119,24 @@ def test_a_process_forked_after_the_verifier_worker_started_starts_its_own():
     accuracy, errors, messages = queue.get(timeout=120)
     child.join(timeout=60)
     assert (accuracy, errors) == ([1.0, 0.0], 0), messages
+
+
+def test_verifications_from_several_threads_run_in_parallel_worker_processes():
+    # one thread's verification hangs until its limit; with a pool of 2 the other thread's verifications
+    # do not wait for it (with one worker they would queue behind the hung call)
+    from mmr1_mega.reward.verify import set_num_workers, verify_with_time_limit
+
+    set_num_workers(2)
+    verify_with_time_limit("1", "1", 30.0, mode="process")  # a started worker (spawn + imports: seconds)
+    verify_with_time_limit("1", "1", 30.0, mode="process")
+    done = []
+    hung = threading.Thread(
+        target=lambda: done.append(("hung", verify_with_time_limit(HANG, "1", 5.0, "process")))
+    )
+    hung.start()
+    time.sleep(0.5)
+    quick = [verify_with_time_limit("1/2", "0.5", 5.0, mode="process") for _ in range(3)]
+    done.append(("quick", quick))
+    hung.join()
+    assert [name for name, _ in done] == ["quick", "hung"]
+    assert all(o.correct for o in quick) and done[1][1].status == TIMEOUT

@@ -5,6 +5,9 @@ against SGLang's request types. Behaviours for the failure paths:
   --hang-health     never answer /health (start-up time-out)
   --exit-at-start   exit with code 3 at once (crash while starting)
   POST /_die        exit at once without answering (a crashed engine)
+  --generate-delay-s S   answer each /generate S seconds late (a slow engine)
+  --refuse-generate      answer /generate 400 (a request the server refuses)
+  --boxed-answers        each sample's text is a formatted answer, \boxed{first token id mod 7}
 Weight updates follow SGLang 0.5.23's session contract (scheduler_components/weight_updater.py):
 /update_weights_from_tensor and /update_weights_from_distributed answer 400 outside a /begin_weight_update
 ... /end_weight_update session; a second begin, or an end without a begin, answers 400 too.
@@ -53,6 +56,9 @@ def main() -> None:
     ap.add_argument("--record-dir", required=True)
     ap.add_argument("--hang-health", action="store_true")
     ap.add_argument("--exit-at-start", action="store_true")
+    ap.add_argument("--generate-delay-s", type=float, default=0.0)
+    ap.add_argument("--refuse-generate", action="store_true")
+    ap.add_argument("--boxed-answers", action="store_true")
     args = ap.parse_args()
     if args.exit_at_start:
         raise SystemExit(3)
@@ -98,12 +104,25 @@ def main() -> None:
             if self.path == "/_die":
                 os._exit(1)
             if self.path == "/generate":
+                time.sleep(args.generate_delay_s)
+                if args.refuse_generate:
+                    self._answer(400, {"error": {"message": "refused", "type": "BadRequestError"}})
+                    return
+                single = isinstance(body["sampling_params"], dict)  # one request (e.g. from sglang-router)
+                if single:
+                    body = {
+                        **body,
+                        "input_ids": [body["input_ids"]],
+                        "sampling_params": [body["sampling_params"]],
+                    }
                 rows = []
                 for k, (ids, sp) in enumerate(zip(body["input_ids"], body["sampling_params"])):
                     out = [(ids[-1] + 1 + k + i) % vocab for i in range(sp["max_new_tokens"])]
                     rows.append(
                         {
-                            "text": " ".join(f"w{t}" for t in out),
+                            "text": f"<think>w</think><answer>\\boxed{{{out[0] % 7}}}</answer>"
+                            if args.boxed_answers
+                            else " ".join(f"w{t}" for t in out),
                             "output_ids": out,
                             "meta_info": {
                                 "id": f"{args.port}-{k}",
@@ -112,7 +131,7 @@ def main() -> None:
                             },
                         }
                     )
-                self._answer(200, rows)
+                self._answer(200, rows[0] if single else rows)
             elif self.path == "/begin_weight_update":
                 if session["open"]:
                     msg = "a weight-update session is already open; call end_weight_update() first"

@@ -61,7 +61,7 @@ def _prompts(n_requests: int) -> list[GenerationRequest]:
     ]
 
 
-def test_generation_is_spread_over_the_servers_and_returned_in_request_order(engine, tmp_path):
+def test_generation_is_spread_over_the_servers_one_request_per_group_and_returned_in_order(engine, tmp_path):
     reqs = _prompts(4)
     out = engine.generate(reqs)
     for r, samples in zip(reqs, out):
@@ -69,8 +69,44 @@ def test_generation_is_spread_over_the_servers_and_returned_in_request_order(eng
             r.prompt_ids[-1] + 1, r.prompt_ids[-1] + 5
         )
         assert samples[0].logprobs == [-0.5] * 3 and samples[0].finish_reason == "length"
-    served = [sum(c["path"] == "/generate" for c in _calls(tmp_path, s)) for s in engine.servers]
-    assert served == [1, 1]
+    sent = [[c["body"] for c in _calls(tmp_path, s) if c["path"] == "/generate"] for s in engine.servers]
+    assert [len(x) for x in sent] == [2, 2]  # one HTTP request per prompt group, spread evenly
+    assert all(len(body["input_ids"]) == 2 for x in sent for body in x)  # the group's n samples
+
+
+def test_results_stream_in_as_they_finish_and_a_slow_servers_timed_out_requests_go_elsewhere(tmp_path):
+    slow, fast = _server(tmp_path, "--generate-delay-s", "3"), _server(tmp_path)
+    eng = SGLangEngine([slow, fast], timeout_s=30, request_timeout_s=30).launch()
+    try:
+        reqs = _prompts(4)
+        order = [i for i, _ in eng.generate_stream(reqs)]
+        on_slow = {
+            tuple(c["body"]["input_ids"][0]) for c in _calls(tmp_path, slow) if c["path"] == "/generate"
+        }
+        slow_ids = [i for i, r in enumerate(reqs) if tuple(r.prompt_ids) in on_slow]
+        assert sorted(order) == [0, 1, 2, 3] and len(slow_ids) == 2
+        assert set(order[:2]) == set(range(4)) - set(slow_ids)  # the fast server's groups came first
+        # a request that times out on the slow (live) server is retried on the other; nothing set aside
+        eng.request_timeout_s = 1.0
+        out = eng.generate(reqs)
+        assert [o[0].token_ids[0] for o in out] == [r.prompt_ids[-1] + 1 for r in reqs]
+        assert all(len(o) == 2 for o in out) and eng.stale == set()
+        fast_bodies = [c["body"] for c in _calls(tmp_path, fast) if c["path"] == "/generate"]
+        assert len(fast_bodies) == 2 + 4  # first call's two, then all four of the second call
+    finally:
+        eng.shutdown()
+
+
+def test_a_request_a_live_server_refuses_fails_at_once_and_is_not_retried_elsewhere(tmp_path):
+    refusing, other = _server(tmp_path, "--refuse-generate"), _server(tmp_path)
+    eng = SGLangEngine([refusing, other], timeout_s=30, request_timeout_s=30).launch()
+    try:
+        with pytest.raises(EngineError, match="answered 400"):
+            eng.generate(_prompts(1))  # the first request of a fresh engine goes to server 0
+        assert [c for c in _calls(tmp_path, other) if c["path"] == "/generate"] == []
+        assert eng.stale == set()
+    finally:
+        eng.shutdown()
 
 
 def test_a_weight_update_pauses_sends_every_bucket_to_every_server_then_flushes_and_resumes(engine, tmp_path):
