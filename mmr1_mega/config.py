@@ -223,6 +223,12 @@ class TrainConfig:
     val_every_steps: int = 10
     val_max_prompts: int = 512
     val_temperature: float = 0.0  # 0: greedy
+    # > 0: also val_samples samples per validation prompt at rollout.temperature: val/pass1, the mean accuracy
+    # over them (pass@1 estimated from several samples, with its standard error val/pass1_se)
+    val_samples: int = 0
+    # > 0: stop after the step in which every generated response token so far (training rollouts of every
+    # sampling round + VAS refresh rollouts; rollout/total_tokens) reaches this budget; validate and save there
+    max_rollout_tokens: int = 0
     # DAPO's dynamic sampling: groups whose rewards do not vary (all right or all wrong: zero advantage) are
     # dropped before the loss, and more prompts are drawn from the same mixture (VAS-weighted and uniform)
     # to fill prompts_per_step, in at most max_sampling_rounds generation rounds per step
@@ -253,6 +259,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.collective_timeout_s <= 0 or self.rank0_phase_timeout_s <= 0:
             raise ConfigError("train.collective_timeout_s and train.rank0_phase_timeout_s must be > 0")
+        if self.val_samples < 0 or self.max_rollout_tokens < 0:
+            raise ConfigError(
+                f"train.val_samples ({self.val_samples}) and train.max_rollout_tokens ({self.max_rollout_tokens}) "
+                "must be >= 0 (0 switches them off)"
+            )
 
 
 @dataclass

@@ -64,10 +64,14 @@ def _train(run, cfg: Config) -> dict:
     n, B = cfg.rollout.n_samples, cfg.train.prompts_per_step
     vas = DistributedVAS(run.pool_size, cfg.vas)
     start = 0
+    # rollout compute (rank 0): every generated response token - training rollouts of every sampling round
+    # and VAS refresh rollouts - since the run began, and the refresh tokens not yet logged
+    spent, refresh_tokens = [0], [0]
     if run.resume_from is not None:
         run.actor.onload()  # the checkpoint loads into the parameters where they compute
         state = ckpt.load_checkpoint(run.resume_from, run.actor)
         start = state["step"]
+        spent[0] = int(state.get("rollout_tokens", 0))
         if rank0:
             vas.load_state_dict(state["vas"])
             log.info("resumed from %s at step %d", run.resume_from, start)
@@ -98,6 +102,7 @@ def _train(run, cfg: Config) -> dict:
             cfg.reward,
             seed=cfg.train.seed * 1_000_003 + 7919 * vas_step[0],
         )
+        refresh_tokens[0] += sum(len(x) for x in r.response_ids)
         return r.outcomes()
 
     vas_step = [start]
@@ -222,8 +227,16 @@ def _train(run, cfg: Config) -> dict:
                 metrics = dict(step_metrics) | impl
                 metrics.update({f"actor/{k}": v for k, v in train_metrics.items()})
                 metrics.update(_perf(t, tokens, sync))
+                metrics["rollout/refresh_tokens"] = float(refresh_tokens[0])
+                spent[0] += int(step_metrics.get("rollout/response_tokens", 0)) + refresh_tokens[0]
+                refresh_tokens[0] = 0
+                metrics["rollout/total_tokens"] = float(spent[0])
+                budget = cfg.train.max_rollout_tokens
+                metrics["train/last_step"] = float(
+                    step == cfg.train.steps or (budget > 0 and spent[0] >= budget)
+                )
                 if cfg.train.val_every_steps and (
-                    step % cfg.train.val_every_steps == 0 or step == cfg.train.steps
+                    step % cfg.train.val_every_steps == 0 or metrics["train/last_step"]
                 ):
                     run.phase("validate")
                     metrics.update(evaluate(run, cfg, seed=cfg.train.seed))
@@ -234,9 +247,8 @@ def _train(run, cfg: Config) -> dict:
             metrics = rank0_phase(
                 "validate + log", validate_and_log, step, step_metrics, train_metrics, t, tokens, sync
             )
-            due = cfg.checkpoint.save_every_steps and (
-                step % cfg.checkpoint.save_every_steps == 0 or step == cfg.train.steps
-            )
+            last = bool(metrics["train/last_step"])  # the step budget or the rollout-token budget reached
+            due = cfg.checkpoint.save_every_steps and (step % cfg.checkpoint.save_every_steps == 0 or last)
             stop = stop_requested_anywhere()  # SIGTERM / SIGUSR1 on any rank: checkpoint, then stop
             if due or stop:
                 run.phase("checkpoint")
@@ -248,6 +260,7 @@ def _train(run, cfg: Config) -> dict:
                     {
                         "vas": vas.state_dict() if rank0 else None,
                         "wandb_run_id": run.logger.wandb_run_id if rank0 else None,
+                        "rollout_tokens": spent[0] if rank0 else None,
                     },
                     cfg.checkpoint.keep_last,
                 )
@@ -257,6 +270,12 @@ def _train(run, cfg: Config) -> dict:
                     f"stopped by {stop_signal() or 'a signal to another rank'} after step {step}: checkpoint "
                     f"{path} written; continue with checkpoint.resume=auto"
                 )
+            if last:
+                if step < cfg.train.steps:
+                    log.info(
+                        "rollout-token budget %d reached at step %d: done", cfg.train.max_rollout_tokens, step
+                    )
+                break
     finally:
         if pool is not None:  # a failed step may leave a generation running: do not wait for it
             pool.shutdown(wait=False, cancel_futures=True)

@@ -262,7 +262,9 @@ def make_rollout_engine(cfg: Config):
 
 
 def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:
-    """Validation accuracy / format / reward of the engine's current weights (rank 0)."""
+    """Validation of the engine's current weights (rank 0): greedy (train.val_temperature) accuracy, format,
+    reward and length, with the accuracy's standard error over prompts; with train.val_samples = k > 0 also
+    pass@1 estimated from k samples per prompt at rollout.temperature (val/pass1, val/pass1_se)."""
     from mmr1_mega.trainer.rollout import generate_and_score
 
     if run.val_data is None:
@@ -279,9 +281,29 @@ def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:
         temperature=cfg.train.val_temperature,
     )
     n = max(len(r.accuracy), 1)
-    return {
+    out = {
         "val/accuracy": sum(r.accuracy) / n,
+        "val/accuracy_se": standard_error(r.accuracy),
         "val/format": sum(r.format) / n,
         "val/reward": sum(r.rewards) / n,
         "val/length_mean": sum(len(x) for x in r.response_ids) / n,
+        "val/prompts": float(count),
     }
+    k = cfg.train.val_samples
+    if k:
+        s = generate_and_score(
+            run.engine, run.val_data, range(count), k, cfg.rollout, cfg.reward, seed=seed + 1
+        )
+        per_prompt = [sum(s.accuracy[i * k : (i + 1) * k]) / k for i in range(count)]
+        out["val/pass1"] = sum(per_prompt) / max(count, 1)
+        out["val/pass1_se"] = standard_error(per_prompt)
+    return out
+
+
+def standard_error(values) -> float:
+    """The standard error of the mean of `values` (sample standard deviation / sqrt(count)); 0 for < 2."""
+    m = len(values)
+    if m < 2:
+        return 0.0
+    mean = sum(values) / m
+    return (sum((v - mean) ** 2 for v in values) / (m - 1) / m) ** 0.5

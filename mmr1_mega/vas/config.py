@@ -31,6 +31,10 @@ class VASConfig:
         refresh_share: share of the pool re-scored at a refresh, stalest prompts first (1.0 = all, the paper).
         momentum: m, new VPS = m * old + (1 - m) * fresh after min-max normalisation (0 = the paper).
         online_update: also fold the training batch's own rollouts into the estimate (beyond the paper).
+        refresh: re-score the pool with N fresh rollouts per prompt before the first step and every
+            update_every_steps steps (the paper). False: never; VPS comes only from the training rollouts
+            (online_update must be on), which costs no rollouts beyond training's own - prompts not yet
+            trained on take the mean VPS of those that were.
         eps: epsilon of the min-max normalisation (v - min) / (max - min + eps).
         nan_accuracy: an accuracy outcome that is NaN counts as "failure" (0) or is "exclude"d from P.
         seed: seed of the sampler's generator (shuffles and weighted draws).
@@ -50,6 +54,7 @@ class VASConfig:
     refresh_share: float = 1.0
     momentum: float = 0.0
     online_update: bool = False
+    refresh: bool = True
     eps: float = 1e-8
     nan_accuracy: str = "failure"
     seed: int = 1234
@@ -117,3 +122,9 @@ class VASConfig:
             raise bad("chunk_prompts", self.chunk_prompts, "an integer >= 1")
         if self.history_max_refreshes < 0:
             raise bad("history_max_refreshes", self.history_max_refreshes, "an integer >= 0")
+        if self.enabled and not self.refresh and not self.online_update:
+            raise bad(
+                "refresh",
+                self.refresh,
+                "true, or vas.online_update=true (without refreshes VPS can only come from the training rollouts)",
+            )

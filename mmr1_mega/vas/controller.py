@@ -44,8 +44,10 @@ class VarianceAwareSampler:
 
     def refresh_due(self) -> bool:
         """True if the next call of next_indices will re-score prompts first."""
-        return self.cfg.enabled and refresh_due(
-            self.step, self.last_refresh_step, self.cfg.update_every_steps
+        return (
+            self.cfg.enabled
+            and self.cfg.refresh
+            and refresh_due(self.step, self.last_refresh_step, self.cfg.update_every_steps)
         )
 
     def refresh(self, score_fn: ScoreFn) -> None:
@@ -98,7 +100,8 @@ class VarianceAwareSampler:
     def observe(self, indices: Sequence[int], outcomes: Sequence[RolloutOutcomes]) -> None:
         """Online update (cfg.online_update, beyond the paper): fold the batch's rollouts into VPS.
 
-        No-op when online_update is off or before the first refresh.
+        No-op when online_update is off, or before the first refresh when refreshes are on (vas.refresh=false:
+        from the first batch, VPS renormalised over every prompt observed so far).
 
         Takes:
             indices: the batch's prompt indices; outcomes: one RolloutOutcomes per index.
@@ -109,9 +112,15 @@ class VarianceAwareSampler:
             raise ValueError(
                 f"observe got {len(indices)} indices but {len(outcomes)} outcomes: pass one per prompt"
             )
-        if not (self.cfg.enabled and self.cfg.online_update) or self.last_refresh_step is None:
+        if not (self.cfg.enabled and self.cfg.online_update):
             return
-        self.table.fold_online(np.asarray(indices, dtype=np.int64), score_prompts(outcomes, self.cfg))
+        if self.cfg.refresh and self.last_refresh_step is None:
+            return
+        self.table.fold_online(
+            np.asarray(indices, dtype=np.int64),
+            score_prompts(outcomes, self.cfg),
+            renormalise=not self.cfg.refresh,
+        )
         self.sampler.set_weights(self.table.vps)
 
     def metrics(self) -> dict[str, float]:

@@ -65,12 +65,15 @@ class VPSTable:
         self.vps = new
         self._record(step)
 
-    def fold_online(self, indices: np.ndarray, scores: PromptScores) -> None:
+    def fold_online(self, indices: np.ndarray, scores: PromptScores, renormalise: bool = False) -> None:
         """Pool a training batch's rollouts into the estimate of the prompts just trained (beyond the paper).
 
         P uses all outcomes since the last refresh; TDS is the response-weighted mean of the estimates. The new
         raw value is normalised with the min / max of the last refresh and clipped to [0, 1], so prompts not in
         the batch keep their VPS. Repeated indices are folded one after the other.
+        renormalise (no refreshes at all): instead, the whole pool is min-max normalised over every prompt
+        observed so far, and prompts never observed take the mean VPS of the observed ones (as never-scored
+        prompts do after a partial refresh).
 
         Takes:
             indices: int64 [K] prompts of the batch (repeats allowed).
@@ -84,6 +87,12 @@ class VPSTable:
             self.successes[i] += scores.successes[k]
             self.trials[i] += scores.trials[k]
         uniq = np.unique(indices)
+        if renormalise:
+            self.scored[uniq] = True
+            fresh, self.norm_lo, self.norm_hi = minmax_normalise(self.raw()[self.scored], self.cfg.eps)
+            self.vps = np.full(self.pool_size, fresh.mean())
+            self.vps[self.scored] = fresh
+            return
         raw = raw_vps(
             pass_rate(self.successes[uniq], self.trials[uniq]), self.tds[uniq], self.cfg.alpha, self.cfg.beta
         )

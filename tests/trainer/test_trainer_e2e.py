@@ -373,3 +373,36 @@ def test_async_rollout_trains_one_step_off_policy_with_truncated_importance_samp
             assert 0 < r["actor/tis_weight_mean"] and 0 <= r["actor/tis_capped_frac"] <= 1
             assert r["actor/update_skipped"] == 0.0
     assert [p.name for p in complete_checkpoints(out)] == ["step_000002", "step_000003"]
+
+
+def test_a_rollout_token_budget_counts_refresh_rollouts_and_ends_the_run_with_validation(task, tmp_path):
+    # vas.update_every_steps=2 over half the pool: refreshes before steps 1 and 3 (their rollouts count)
+    first = _run(
+        task, tmp_path, "budget1", "train.steps=20", "train.max_rollout_tokens=1", "train.val_samples=3"
+    )
+    (r1,) = read_metrics(first / "metrics.jsonl")[1:]  # one step: its tokens already pass a budget of 1
+    assert r1["rollout/refresh_tokens"] > 0 and r1["train/last_step"] == 1.0
+    assert r1["rollout/total_tokens"] == r1["rollout/response_tokens"] + r1["rollout/refresh_tokens"]
+    assert 0 <= r1["val/pass1"] <= 1 and r1["val/pass1_se"] >= 0 and r1["val/prompts"] == 4
+    assert [p.name for p in complete_checkpoints(first)] == ["step_000001"]
+    # the same run with a budget one token past step 1's total stops after step 2
+    budget = int(r1["rollout/total_tokens"]) + 1
+    second = _run(task, tmp_path, "budget2", "train.steps=20", f"train.max_rollout_tokens={budget}")
+    recs = read_metrics(second / "metrics.jsonl")[1:]
+    assert [r["step"] for r in recs] == [1, 2] and recs[0]["rollout/total_tokens"] == r1[
+        "rollout/total_tokens"
+    ]
+    assert recs[0]["train/last_step"] == 0.0 and recs[1]["train/last_step"] == 1.0
+    assert (
+        recs[1]["rollout/total_tokens"]
+        == recs[0]["rollout/total_tokens"] + recs[1]["rollout/response_tokens"]
+    )
+    assert "val/accuracy" in recs[1] and [p.name for p in complete_checkpoints(second)] == ["step_000002"]
+
+
+def test_vas_without_refreshes_learns_vps_from_the_training_rollouts_alone(task, tmp_path):
+    out = _run(task, tmp_path, "online", "vas.refresh=false", "vas.online_update=true")
+    recs = read_metrics(out / "metrics.jsonl")[1:]
+    assert [r["rollout/refresh_tokens"] for r in recs] == [0.0, 0.0, 0.0]  # no rollouts beyond training's
+    assert recs[-1]["rollout/total_tokens"] == sum(r["rollout/response_tokens"] for r in recs)
+    assert recs[-1]["vas/vps_mean"] > 0  # VPS from what training generated (0 everywhere before any batch)

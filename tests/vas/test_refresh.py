@@ -88,3 +88,22 @@ def test_metrics_report_vps_statistics_and_weighted_share():
     assert m["vas/vps_mean"] == pytest.approx(vas.table.vps.mean())
     h = vas.histograms(bins=5)
     assert h["vps"].sum() == 30 and h["pass_rate"].sum() == 30 and h["edges"].size == 6
+
+
+def test_without_refreshes_vps_comes_from_training_rollouts_only():
+    vas = VarianceAwareSampler(12, VASConfig(online_update=True, refresh=False, progress=False))
+    first = vas.next_indices(4, None)  # no refresh is ever due: no scorer needed
+    assert len(first) == 4 and vas.refreshes == 0 and not vas.table.scored.any()
+    mixed = RolloutOutcomes([1.0, 0.0] * 4, [[1, 2], [3, 4]] * 4)  # P = 0.5: the highest OVS
+    same = RolloutOutcomes([1.0] * 8, [[1, 2]] * 8)  # P = 1, identical responses: the lowest VPS
+    vas.observe([2, 5], [mixed, same])
+    assert vas.table.vps[2] > 0.99 and vas.table.vps[5] == 0.0
+    unseen = np.delete(np.arange(12), [2, 5])
+    assert np.allclose(vas.table.vps[unseen], vas.table.vps[[2, 5]].mean())  # the observed prompts' mean
+    drawn = np.concatenate([vas.next_indices(4, None) for _ in range(200)])
+    assert (drawn == 2).sum() > (drawn == 5).sum()  # the varied prompt is drawn more than the settled one
+
+
+def test_refresh_off_needs_the_online_update():
+    with pytest.raises(ValueError, match="online_update"):
+        VASConfig(refresh=False).validate()
