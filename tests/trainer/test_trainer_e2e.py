@@ -268,39 +268,6 @@ def test_demo_command_completes_with_a_small_setting(tmp_path):
     assert (tmp_path / "demo" / "vas.png").stat().st_size > 10_000
 
 
-def test_vas_vs_uniform_experiment_tool_runs_plots_and_reuses_finished_runs(tmp_path, capsys):
-    import importlib.util
-
-    import yaml
-
-    from tests.trainer.tiny_task import TINY
-
-    spec = importlib.util.spec_from_file_location(
-        "exp_vas_vs_uniform", Path(__file__).resolve().parents[2] / "tools" / "exp_vas_vs_uniform.py"
-    )
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
-    grpo = grpo_config(tmp_path / "unused", Path("unused"), {"train": "", "val": "", "sft_train": ""})
-    grpo["model"].pop("hf_path")
-    grpo["train"].pop("output_dir")
-    grpo["data"] = {"min_pixels": 3136, "max_pixels": 3136, "max_prompt_len": 256}
-    grpo["sft"] = {"steps": 2, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 0}
-    grpo["train"].update(steps=2, val_every_steps=2)
-    cfg = tmp_path / "demo.yaml"
-    cfg.write_text(yaml.safe_dump({"seed": 0, **TINY, "grpo": grpo}))
-    args = ["--out", str(tmp_path / "exp"), "--config", str(cfg), "--seeds", "0", "--steps", "2"]
-    assert exp.main([*args, "--settings", "uniform", "vas-0.5"]) == 0
-    results = json.loads((tmp_path / "exp" / "results.json").read_text())
-    assert sorted(results) == ["uniform/seed0", "vas-0.5/seed0"]
-    for run in results.values():
-        assert [s for s, _ in run["val/accuracy"]] == [0, 2]
-        assert [s for s, _ in run["actor/grad_norm"]] == [1, 2]
-    assert (tmp_path / "exp" / "vas_vs_uniform.png").stat().st_size > 10_000
-    capsys.readouterr()
-    assert exp.main([*args, "--settings", "uniform", "vas-0.5"]) == 0  # nothing left to run
-    assert "2 of 2 runs already finished; running 0" in capsys.readouterr().out
-
-
 def test_phase_progress_is_inert_off_rank_0_and_tracks_the_phase():
     from mmr1_mega.trainer.logger import PhaseProgress
 
