@@ -52,6 +52,7 @@ SETTINGS = {
 CLASSES = ("solved", "unsolved", "between")
 CURVE_KEYS = (
     "rollout/total_tokens",
+    "perf/step_seconds",
     "actor/grad_norm",
     "actor/pg_clipfrac_high",
     "actor/pg_clipfrac_low",
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--pool", type=int, default=512, help="training prompts after difficulty filtering")
     ap.add_argument("--val", type=int, default=384, help="validation prompts after difficulty filtering")
-    ap.add_argument("--mix", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=CLASSES)
+    ap.add_argument("--mix", type=float, nargs=3, default=[0.3, 0.2, 0.5], metavar=CLASSES)
     ap.add_argument("--difficulty-samples", type=int, default=8)
     ap.add_argument(
         "--budget-steps", type=int, default=48, help="the budget in uniform steps' worth of tokens"
@@ -350,13 +351,19 @@ def run_all(todo, jobs: int, out: Path) -> int:
 
 
 def collect(run_dir: Path, budget: int) -> dict:
-    """One run's curves (step -> value per key, with the rollout tokens at each step) and its final numbers."""
+    """One run's curves (per key: (step, rollout tokens at that step, value)) and its final numbers; the
+    validation pass@1 also against the run's training seconds (the sum of its steps' seconds, VAS refreshes
+    included, validation not)."""
     from mmr1_mega.trainer.logger import read_metrics
 
     recs = read_metrics(run_dir / "metrics.jsonl")
     curves = {
         k: [(r["step"], r.get("rollout/total_tokens", 0.0), r[k]) for r in recs if k in r] for k in CURVE_KEYS
     }
+    seconds, elapsed = {0: 0.0}, 0.0
+    for step, _, v in curves["perf/step_seconds"]:
+        elapsed += v
+        seconds[step] = elapsed
     last = recs[-1]
     val = [(tok, v) for _, tok, v in curves["val/pass1"]]
     wall = run_dir / "wall_seconds"
@@ -368,6 +375,8 @@ def collect(run_dir: Path, budget: int) -> dict:
         "final_pass1_se": last.get("val/pass1_se"),
         "final_greedy": last.get("val/accuracy"),
         "auc_pass1": auc(val, budget),
+        "train_seconds": elapsed,
+        "pass1_by_seconds": [(seconds[step], v) for step, _, v in curves["val/pass1"]],
         "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
     }
 
@@ -401,27 +410,45 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(m - 1, 1.96) * sd / math.sqrt(m)
 
 
+def at(points: list[tuple[float, float]], x: float) -> float:
+    """A curve given at (x, value) points, linearly interpolated at x (held at its ends)."""
+    pts = sorted(points)
+    if x <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
+
+
 def summarise(results: dict) -> dict:
-    """Per setting: mean and 95 % CI over seeds of the final pass@1, greedy accuracy and AUC; the paired
-    difference to uniform (same seeds) of each; mean steps, tokens and wall seconds."""
+    """Per setting: mean and 95 % CI over seeds of the final pass@1, greedy accuracy, AUC and the pass@1 at
+    equal training time (the shortest run's training seconds, every run's pass@1 curve interpolated there); the
+    paired difference to uniform (same seeds) of each; mean steps, tokens, training and wall seconds."""
     runs = results["runs"]
     settings = sorted({k.split("/")[0] for k in runs}, key=list(SETTINGS).index)
     by = {s: {int(k.split("seed")[1]): v for k, v in runs.items() if k.split("/")[0] == s} for s in settings}
-    rows = {}
+    equal_time = min(r["train_seconds"] for r in runs.values())
+    for r in runs.values():
+        r["pass1_at_equal_time"] = at(r["pass1_by_seconds"], equal_time)
+    rows = {"_equal_time_seconds": equal_time}
     for s in settings:
         row = {"seeds": len(by[s])}
-        for metric in ("final_pass1", "final_greedy", "auc_pass1"):
+        for metric in METRICS:
             row[metric] = mean_ci([r[metric] for r in by[s].values()])
             if "uniform" in by and s != "uniform":
                 common = sorted(set(by[s]) & set(by["uniform"]))
                 row[f"{metric}_vs_uniform"] = mean_ci(
                     [by[s][k][metric] - by["uniform"][k][metric] for k in common]
                 )
-        for key in ("steps", "tokens", "wall_seconds"):
-            vals = [r[key] for r in by[s].values() if r[key] is not None]
+        for key in ("steps", "tokens", "train_seconds", "wall_seconds"):
+            vals = [r[key] for r in by[s].values() if r.get(key) is not None]
             row[key] = sum(vals) / len(vals) if vals else None
         rows[s] = row
     return rows
+
+
+METRICS = ("final_pass1", "final_greedy", "auc_pass1", "pass1_at_equal_time")
 
 
 def summary_markdown(rows: dict, protocol: dict) -> str:
@@ -430,19 +457,22 @@ def summary_markdown(rows: dict, protocol: dict) -> str:
         return f"{scale * mean:.1f} ± {scale * half:.1f}"
 
     lines = [
-        f"budget {protocol['budget_tokens']} rollout tokens; mean ± 95 % t-interval over seeds {protocol['seeds']}",
+        f"budget {protocol['budget_tokens']} rollout tokens; mean ± 95 % t-interval over seeds {protocol['seeds']}; "
+        f"equal training time: {rows['_equal_time_seconds']:.0f} s",
         "",
-        "| setting | val pass@1 (primary) | Δ vs uniform | greedy acc. | Δ vs uniform | pass@1 AUC | Δ vs uniform "
-        "| steps | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | val pass@1 at budget (primary) | Δ vs uniform | greedy acc. at budget | Δ vs uniform "
+        "| pass@1 AUC over budget | Δ vs uniform | pass@1 at equal time | Δ vs uniform | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s, r in rows.items():
+        if s.startswith("_"):
+            continue
         cells = [s]
-        for metric in ("final_pass1", "final_greedy", "auc_pass1"):
+        for metric in METRICS:
             cells.append(ci(r[metric]))
             cells.append(ci(r[f"{metric}_vs_uniform"]) if f"{metric}_vs_uniform" in r else "—")
         cells.append(f"{r['steps']:.1f}")
-        cells.append(f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "—")
+        cells.append(f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -498,6 +528,8 @@ def plot(results: dict, png: Path) -> Path:
     rows = summarise(results)
     text = ["final pass@1 (%), mean ± 95 % CI", ""]
     for s, r in rows.items():
+        if s.startswith("_"):
+            continue
         text.append(f"{s:<16}{100 * r['final_pass1'][0]:6.1f} ± {100 * r['final_pass1'][1]:.1f}")
     table.text(0, 0.5, "\n".join(text), family="monospace", fontsize=9, va="center")
     fig.suptitle("VAS vs uniform vs dynamic sampling at equal rollout compute (mean over seeds)")

@@ -144,3 +144,10 @@ def test_a_tiny_experiment_runs_every_step_reuses_finished_runs_and_reports(tmp_
     capsys.readouterr()
     assert exp.main(args) == 0  # nothing left to run
     assert "4 of 4 runs already finished; running 0" in capsys.readouterr().out
+
+
+def test_equal_time_values_are_the_curves_interpolated_at_the_shortest_runs_training_time():
+    rng = random.Random()
+    pts = sorted((rng.uniform(0, 100), rng.random()) for _ in range(5))
+    for x in (rng.uniform(pts[0][0], pts[-1][0]), pts[0][0] - 1, pts[-1][0] + 1):
+        assert exp.at(pts, x) == pytest.approx(float(np.interp(x, *zip(*pts))), abs=1e-12)
