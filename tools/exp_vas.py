@@ -441,6 +441,10 @@ def summarise(results: dict) -> dict:
                 row[f"{metric}_vs_uniform"] = mean_ci(
                     [by[s][k][metric] - by["uniform"][k][metric] for k in common]
                 )
+        for key, name in MECHANISM.items():  # per run: the mean over its steps
+            row[name] = mean_ci(
+                [sum(x[2] for x in r["curves"][key]) / len(r["curves"][key]) for r in by[s].values()]
+            )
         for key in ("steps", "tokens", "train_seconds", "wall_seconds"):
             vals = [r[key] for r in by[s].values() if r.get(key) is not None]
             row[key] = sum(vals) / len(vals) if vals else None
@@ -449,6 +453,12 @@ def summarise(results: dict) -> dict:
 
 
 METRICS = ("final_pass1", "final_greedy", "auc_pass1", "pass1_at_equal_time")
+# the paper's mechanism (Fig. 2): per-step training metrics, averaged over a run's steps
+MECHANISM = {
+    "actor/grad_norm": "grad_norm",
+    "actor/pg_clipfrac_high": "clipfrac_high",
+    "reward/zero_std_group_frac": "zero_std_groups",
+}
 
 
 def summary_markdown(rows: dict, protocol: dict) -> str:
@@ -474,6 +484,19 @@ def summary_markdown(rows: dict, protocol: dict) -> str:
         cells.append(f"{r['steps']:.1f}")
         cells.append(f"{r['train_seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mechanism (per run, the mean over its steps; then mean ± 95 % t-interval over seeds):",
+        "",
+        "| setting | grad norm | clip fraction (high) | groups with zero reward variance |",
+        "|---|---|---|---|",
+    ]
+    for s, r in rows.items():
+        if not s.startswith("_"):
+            g, c, z = (r[m] for m in MECHANISM.values())
+            lines.append(
+                f"| {s} | {g[0]:.3f} ± {g[1]:.3f} | {c[0]:.4f} ± {c[1]:.4f} | {z[0]:.3f} ± {z[1]:.3f} |"
+            )
     return "\n".join(lines)
 
 
