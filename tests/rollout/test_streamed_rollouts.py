@@ -35,13 +35,16 @@ def test_streamed_rollouts_score_each_group_as_it_arrives_and_equal_the_batched_
     engine = SGLangEngine(servers, timeout_s=30, request_timeout_s=30).launch()
     try:
         g = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ()).item()))
+        prompts = [torch.randint(8, 500, (5,), generator=g).tolist() for _ in range(6)]
+        # the stand-in's sample j answers (last prompt id + 1 + j) mod 7: even prompts get one right sample
+        # (j = 0), odd ones none (last + 5 is none of j = 0..3)
         dataset = [
             {
-                "input_ids": torch.randint(8, 500, (5,), generator=g).tolist(),
-                "answer": str(int(torch.randint(0, 7, (), generator=g))),
+                "input_ids": ids,
+                "answer": str((ids[-1] + (1 if k % 2 == 0 else 5)) % 7),
                 "problem": f"problem {k}",
             }
-            for k in range(6)
+            for k, ids in enumerate(prompts)
         ]
         cfg = RolloutConfig(n_samples=4, max_new_tokens=3, temperature=1.0)
         reward_cfg = RewardConfig(num_workers=2)
@@ -64,6 +67,9 @@ def test_streamed_rollouts_score_each_group_as_it_arrives_and_equal_the_batched_
         assert got.prompt_indices == indices
         assert got.response_ids == [o.token_ids for o in outputs]
         assert got.rewards == ref.total and got.accuracy == ref.accuracy and got.format == ref.format
-        assert 0 < sum(got.accuracy) < len(got.accuracy)  # the rewards vary: the check can tell orders apart
+        # the rewards vary, so the check can tell orders apart: one right sample in each even prompt's group
+        assert [sum(got.accuracy[4 * k : 4 * k + 4]) for k in range(6)] == [
+            1.0 if i % 2 == 0 else 0.0 for i in indices
+        ]
     finally:
         engine.shutdown()
