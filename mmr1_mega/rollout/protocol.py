@@ -149,3 +149,32 @@ def image_prompt_ids(prompt_ids: Sequence[int], image_token_id: int) -> tuple[li
             images += 1
         out.append(int(t))
     return out, images
+
+
+def engine_prompt_ids(r: GenerationRequest, image_token_id: int | None, engine: str) -> list[int]:
+    """The prompt ids a server engine (vLLM, SGLang: they process images themselves) takes for request r:
+    the ids as they are for a text prompt, one placeholder per image otherwise (image_prompt_ids).
+
+    Raises ValueError for a request such an engine cannot take: chat messages (render them first), images
+    given only as processed pixel_values (pass GenerationRequest.images), or image placeholders that do not
+    match the images. engine names the engine in the messages.
+    """
+    r.validate()
+    if r.prompt_ids is None:
+        raise ValueError(f"the {engine} engine takes prompt_ids (render messages with the processor first)")
+    if r.pixel_values is not None and not r.images:
+        raise ValueError(
+            f"{engine} processes images itself: pass the raw images in GenerationRequest.images "
+            "(paths, URLs or PIL images) along with the prompt ids"
+        )
+    if not r.images:
+        return [int(t) for t in r.prompt_ids]
+    if image_token_id is None:
+        raise ValueError("a request with images needs the model's image_token_id")
+    ids, n_images = image_prompt_ids(r.prompt_ids, image_token_id)
+    if n_images != len(r.images):
+        raise ValueError(
+            f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the request "
+            f"carries {len(r.images)} image(s)"
+        )
+    return ids

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import torch
 
 from mmr1_mega.rollout import sglang_payloads as P
-from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, engine_prompt_ids
 from mmr1_mega.rollout.server import ServerEngine
 from mmr1_mega.rollout.sglang_server import SGLangRouter, SGLangServer, post
 
@@ -159,10 +159,11 @@ class SGLangEngine(ServerEngine):
         self._check_requests(requests)
         if not requests:
             return
+        bodies = [P.sample_payloads(r, self.image_token_id) for r in requests]
         jobs = [(i, j) for i, r in enumerate(requests) for j in range(r.n)]
         got: dict[int, dict[int, GenerationOutput]] = {i: {} for i in range(len(requests))}
         pool = ThreadPoolExecutor(min(len(jobs), self.max_inflight * len(self.servers)))
-        futures = {pool.submit(self._route, requests[i], j): (i, j) for i, j in jobs}
+        futures = {pool.submit(self._route, bodies[i][j], requests[i]): (i, j) for i, j in jobs}
         try:
             for f in as_completed(futures):
                 i, j = futures[f]
@@ -171,7 +172,7 @@ class SGLangEngine(ServerEngine):
                 except EngineError:
                     with self._lock:
                         self.restart_dead()
-                    got[i][j] = self._route(requests[i], j)
+                    got[i][j] = self._route(bodies[i][j], requests[i])
                 if len(got[i]) == requests[i].n:
                     yield i, [got[i][k] for k in range(requests[i].n)]
         finally:
@@ -179,14 +180,8 @@ class SGLangEngine(ServerEngine):
                 f.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _route(self, r: GenerationRequest, sample: int) -> GenerationOutput:
-        answer = post(
-            self.router.url,
-            "/generate",
-            P.sample_payload(r, sample, self.image_token_id),
-            self.request_timeout_s,
-            "sglang-router",
-        )
+    def _route(self, body: dict, r: GenerationRequest) -> GenerationOutput:
+        answer = post(self.router.url, "/generate", body, self.request_timeout_s, "sglang-router")
         return P.parse_sample(answer, r)
 
     def _send(self, server: SGLangServer, requests: list[GenerationRequest]) -> list[list[GenerationOutput]]:
@@ -197,7 +192,8 @@ class SGLangEngine(ServerEngine):
 
     def _check_requests(self, requests: Sequence[GenerationRequest]) -> None:
         super()._check_requests(requests)
-        P.generate_payload(requests, self.image_token_id)  # ValueError for a bad request, before sending
+        for r in requests:  # ValueError for a bad request, before anything is sent
+            engine_prompt_ids(r, self.image_token_id, "SGLang")
 
     def _on_restart(self) -> None:
         if not self.colocated:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, image_prompt_ids
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, engine_prompt_ids
 
 SGLANG_VERSION = "0.5.23"
 GROUP_NAME = "mmr1_weight_update"
@@ -53,26 +53,7 @@ def sampling_params(r: GenerationRequest, sample: int) -> dict:
 
 def _prompt(r: GenerationRequest, image_token_id: int | None) -> tuple[list[int], list[str]]:
     """A request's prompt ids as SGLang takes them (one placeholder per image) and its images."""
-    r.validate()
-    if r.prompt_ids is None:
-        raise ValueError("the SGLang engine takes prompt_ids (render messages with the processor first)")
-    if r.pixel_values is not None and not r.images:
-        raise ValueError(
-            "SGLang processes images itself: pass the raw images in GenerationRequest.images "
-            "(paths, URLs or PIL images) along with the prompt ids"
-        )
-    images = [_image_item(im) for im in (r.images or [])]
-    ids = list(r.prompt_ids)
-    if images:
-        if image_token_id is None:
-            raise ValueError("a request with images needs the model's image_token_id")
-        ids, n_images = image_prompt_ids(ids, image_token_id)
-        if n_images != len(images):
-            raise ValueError(
-                f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the "
-                f"request carries {len(images)} image(s)"
-            )
-    return ids, images
+    return engine_prompt_ids(r, image_token_id, "SGLang"), [_image_item(im) for im in (r.images or [])]
 
 
 def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int | None = None) -> dict:
@@ -102,20 +83,15 @@ def generate_payload(requests: Sequence[GenerationRequest], image_token_id: int 
     return body
 
 
-def sample_payload(r: GenerationRequest, sample: int, image_token_id: int | None = None) -> dict:
-    """The single (un-batched) GenerateReqInput body of sample `sample` of request r: what sglang-router
-    takes (its /generate parses sampling_params as one object, not a list) and forwards to a server.
-    Same prompt, images and sampling parameters as that row of generate_payload."""
+def sample_payloads(r: GenerationRequest, image_token_id: int | None = None) -> list[dict]:
+    """The n single (un-batched) GenerateReqInput bodies of request r, one per sample: what sglang-router
+    takes (its /generate parses sampling_params as one object, not a list) and forwards to a server. Same
+    prompt, images and sampling parameters as those rows of generate_payload (images encoded once)."""
     ids, images = _prompt(r, image_token_id)
-    body = {
-        "input_ids": ids,
-        "sampling_params": sampling_params(r, sample),
-        "return_logprob": True,
-        "logprob_start_len": -1,
-    }
+    common = {"input_ids": ids, "return_logprob": True, "logprob_start_len": -1}
     if images:
-        body["image_data"] = images
-    return body
+        common["image_data"] = images
+    return [{**common, "sampling_params": sampling_params(r, j)} for j in range(r.n)]
 
 
 def parse_generate_response(answer, requests: Sequence[GenerationRequest]) -> list[list[GenerationOutput]]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from mmr1_mega.rollout import vllm_payloads as P
-from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, engine_prompt_ids
 from mmr1_mega.rollout.server import EngineServer, ServerEngine, model_facts, post
 
 # vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py, 0.32) serves these head sizes only
@@ -197,8 +197,8 @@ class VLLMEngine(ServerEngine):
 
     def _check_requests(self, requests: Sequence[GenerationRequest]) -> None:
         super()._check_requests(requests)
-        for r in requests:
-            P.generate_payload(r, self.image_token_id)  # ValueError before anything is sent
+        for r in requests:  # ValueError before anything is sent
+            engine_prompt_ids(r, self.image_token_id, "vLLM")
 
     def _send_one(self, server: VLLMServer, request: GenerationRequest) -> list[GenerationOutput]:
         answer = post(

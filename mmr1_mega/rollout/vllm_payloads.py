@@ -17,7 +17,7 @@ import base64
 import io
 import os
 
-from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, image_prompt_ids
+from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, engine_prompt_ids
 
 VLLM_VERSION = "0.32"
 GENERATE_PATH = "/inference/v1/generate"
@@ -70,29 +70,11 @@ def generate_payload(r: GenerationRequest, image_token_id: int | None) -> dict:
     images given only as processed pixel_values (vLLM processes images itself: pass
     GenerationRequest.images), or a prompt whose image placeholders do not match its images.
     """
-    r.validate()
-    if r.prompt_ids is None:
-        raise ValueError("the vLLM engine takes prompt_ids (render messages with the processor first)")
-    if r.pixel_values is not None and not r.images:
-        raise ValueError(
-            "vLLM processes images itself: pass the raw images in GenerationRequest.images "
-            "(paths, URLs or PIL images) along with the prompt ids"
-        )
-    body: dict = {"sampling_params": sampling_params(r), "output_mode": "text"}
+    token_ids = engine_prompt_ids(r, image_token_id, "vLLM")  # validates r first
+    body: dict = {"sampling_params": sampling_params(r), "output_mode": "text", "token_ids": token_ids}
     if r.images:
-        if image_token_id is None:
-            raise ValueError("a request with images needs the model's image_token_id")
-        ids, n_images = image_prompt_ids(r.prompt_ids, image_token_id)
-        if n_images != len(r.images):
-            raise ValueError(
-                f"the prompt has {n_images} image placeholder(s) (token {image_token_id}) but the request "
-                f"carries {len(r.images)} image(s)"
-            )
-        body["token_ids"] = ids
         body["content_parts"] = [{"type": "image_url", "url": image_url(im)} for im in r.images]
         body["return_token_ids"] = True
-    else:
-        body["token_ids"] = [int(t) for t in r.prompt_ids]
     return body
 
 
