@@ -217,6 +217,13 @@ class TrainConfig:
     steps: int = 100
     prompts_per_step: int = 128
     micro_batch_size: int = 4
+    # > 0: micro-batches by token count instead of micro_batch_size rows: a balanced partition of the
+    # samples' lengths (prompt + response) into the fewest micro-batches of at most this many tokens each;
+    # the loss is normalised over the whole mini-batch as before (loss.loss_agg_mode), whatever the split
+    max_tokens_per_micro_batch: int = 0
+    # each micro-batch's samples in one row for the actor's log-prob and train passes (THD packing with
+    # transformer-engine, a block-diagonal mask otherwise): no compute on padding
+    pack_sequences: bool = False
     ppo_epochs: int = 1
     ppo_mini_batches: int = 1
     seed: int = 1234
@@ -245,6 +252,14 @@ class TrainConfig:
     # rollouts, validation, trainer state): distributed/comm.py's rule
     rank0_phase_timeout_s: float = 10800.0
 
+    def micro_batching(self) -> dict:
+        """The actor's micro-batching arguments (MegatronActor)."""
+        return dict(
+            micro_batch_size=self.micro_batch_size,
+            max_tokens_per_micro_batch=self.max_tokens_per_micro_batch,
+            pack_sequences=self.pack_sequences,
+        )
+
     def validate(self) -> None:
         for name in (
             "steps",
@@ -259,6 +274,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1")
         if self.collective_timeout_s <= 0 or self.rank0_phase_timeout_s <= 0:
             raise ConfigError("train.collective_timeout_s and train.rank0_phase_timeout_s must be > 0")
+        if self.max_tokens_per_micro_batch < 0:
+            raise ConfigError(
+                f"train.max_tokens_per_micro_batch must be >= 0 (0: micro_batch_size rows), got "
+                f"{self.max_tokens_per_micro_batch}"
+            )
         if self.val_samples < 0 or self.max_rollout_tokens < 0:
             raise ConfigError(
                 f"train.val_samples ({self.val_samples}) and train.max_rollout_tokens ({self.max_rollout_tokens}) "
@@ -339,6 +359,13 @@ class Config:
         if self.train.micro_batch_size > self.train.prompts_per_step * self.rollout.n_samples:
             raise ConfigError(
                 "train.micro_batch_size is larger than a step's batch (prompts_per_step x n_samples)"
+            )
+        budget = self.train.max_tokens_per_micro_batch
+        longest = self.data.max_prompt_len + self.rollout.max_new_tokens
+        if 0 < budget < longest:
+            raise ConfigError(
+                f"train.max_tokens_per_micro_batch ({budget}) is below the longest sequence a step can hold: "
+                f"data.max_prompt_len + rollout.max_new_tokens = {longest}; raise it (or lower those)"
             )
         if self.loss.tis_cap is not None and self.rollout.temperature != 1.0:
             raise ConfigError(

@@ -162,3 +162,19 @@ def test_tis_needs_the_engines_sampling_temperature_to_be_one():
         cfg.validate()
     cfg.rollout.temperature = 1.0
     cfg.validate()
+
+
+def test_the_token_budget_must_hold_the_longest_sequence_a_step_can_make():
+    cfg = Config()
+    cfg.data.max_prompt_len, cfg.rollout.max_new_tokens = 1000, 500
+    cfg.train.max_tokens_per_micro_batch = 1499
+    with pytest.raises(ConfigError, match=r"max_tokens_per_micro_batch \(1499\).*= 1500"):
+        cfg.validate()
+    cfg.train.max_tokens_per_micro_batch = -1
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        cfg.validate()
+    cfg.train.max_tokens_per_micro_batch, cfg.train.pack_sequences = 1500, True
+    cfg.validate()
+    assert cfg.train.micro_batching() == dict(
+        micro_batch_size=4, max_tokens_per_micro_batch=1500, pack_sequences=True
+    )

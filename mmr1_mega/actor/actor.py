@@ -7,6 +7,7 @@ results computed on the last pipeline stage (log-probabilities, loss metrics) st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -33,7 +34,8 @@ from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import cuda_absent, device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
-from mmr1_mega.models.spec import implementations
+from mmr1_mega.models.qwen_vl.packing import PackedRow, pack, unpack_padded
+from mmr1_mega.models.spec import implementations, transformer_engine_usable
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
 
@@ -115,11 +117,26 @@ def _to_device(mb: RolloutBatch) -> dict:
     )
 
 
+def _packed_to_device(mb: RolloutBatch, row: PackedRow) -> dict:
+    dev = device()
+    return _to_device(mb) | dict(
+        input_ids=row.input_ids.to(dev),
+        position_ids=row.position_ids.to(dev),
+        image_mask=None if row.image_mask is None else row.image_mask.to(dev),
+        attention_mask=None if row.attention_mask is None else row.attention_mask.to(dev),
+        packed_seq_params=row.packed_seq_params(),
+    )
+
+
 class MegatronActor:
     """Policy (trainable) or reference (frozen) model on the current megatron layout.
 
     hf_config: the model's transformers config; weights_dir: HF directory to load weights from.
     train: build DDP + optimizer + LR schedule. optim: mmr1_mega.config.OptimConfig (train only).
+    Micro-batches: micro_batch_size samples each, or, with max_tokens_per_micro_batch > 0, a balanced
+    partition of the samples' lengths into micro-batches of at most that many tokens (RolloutBatch.partition).
+    pack_sequences: each micro-batch's samples in one row (models.qwen_vl.packing: THD with
+    transformer-engine, a block-diagonal mask otherwise) instead of right-padded rows.
     """
 
     def __init__(
@@ -134,9 +151,16 @@ class MegatronActor:
         use_distributed_optimizer: bool = False,
         total_steps: int = 1,
         micro_batch_size: int = 4,
+        max_tokens_per_micro_batch: int = 0,
+        pack_sequences: bool = False,
     ):
         self.hf_config = hf_config
         self.micro_batch_size = micro_batch_size
+        self.max_tokens = max_tokens_per_micro_batch
+        self.pack = pack_sequences
+        self.thd = pack_sequences and transformer_engine_usable()
+        # real tokens and computed positions (padding included) of the last logprobs / train pass
+        self.last_pass: dict[str, int] = {}
         model, self.family = build_model(
             hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute
         )
@@ -199,27 +223,58 @@ class MegatronActor:
         )
 
     # -------------------------------------------------------------------------------------------- forward
-    def _run(self, batch: RolloutBatch, loss_fn, forward_only: bool) -> list:
-        micro = batch.micro_batches(self.micro_batch_size, self.seq_multiple)
-        tensors = [(_to_device(mb), mb) for mb in micro]
+    def _run(
+        self, batch: RolloutBatch, parts: list[list[int]], loss_fn, forward_only: bool, temperature: float
+    ) -> list:
+        """One pipeline-scheduled pass over the micro-batches `parts` (sample indices of `batch`).
+
+        loss_fn(mb, logp) gets each micro-batch (right-padded, trimmed) and its per-token log-probs [n, S]
+        at `temperature`, aligned with mb.input_ids, whether the forward ran on padded or packed rows.
+        """
+        micro = []
+        real = computed = 0
+        for idx in parts:
+            mb = batch.select(idx).trim(self.seq_multiple)
+            real += sum(mb.lengths)
+            if self.pack:
+                row = pack(
+                    mb.input_ids, mb.position_ids, mb.lengths, self.seq_multiple, mb.image_mask, thd=self.thd
+                )
+                micro.append((_packed_to_device(mb, row), mb, row))
+                computed += row.input_ids.shape[1]
+            else:
+                micro.append((_to_device(mb), mb, None))
+                computed += mb.input_ids.numel()
+        self.last_pass = {"tokens": real, "positions": computed, "micro_batches": len(micro)}
         # micro-batches differ in length: variable_seq_lengths (TransformerConfig) lets the pipeline
         # schedule exchange shapes per micro-batch
 
-        def forward_step(data_iterator, model):
-            inputs, mb = next(data_iterator)
-            out = model(**inputs)
-            return out, partial(loss_fn, mb)
+        def logp_then_loss(mb, row, logits):
+            if row is None:
+                logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
+            else:
+                packed = token_logprobs(logits, row.input_ids.to(logits.device), temperature)
+                logp = unpack_padded(packed, row.lengths, mb.seq_len, skip_first=True)
+            return loss_fn(mb, logp)
 
-        seq = max(mb.seq_len for _, mb in tensors)
+        def forward_step(data_iterator, model):
+            inputs, mb, row = next(data_iterator)
+            out = model(**inputs)
+            return out, partial(logp_then_loss, mb, row)
+
+        seq = max(inputs["input_ids"].shape[1] for inputs, _, _ in micro)
         return get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iter(tensors),
+            data_iterator=iter(micro),
             model=[self.model],
-            num_microbatches=len(tensors),
+            num_microbatches=len(micro),
             seq_length=seq,
-            micro_batch_size=self.micro_batch_size,
+            micro_batch_size=max(inputs["input_ids"].shape[0] for inputs, _, _ in micro),
             forward_only=forward_only,
         )
+
+    def _partition(self, batch: RolloutBatch) -> list[list[int]]:
+        return batch.partition(self.micro_batch_size, self.max_tokens)
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor | None:
@@ -227,18 +282,19 @@ class MegatronActor:
         was_training = self.model.training
         self.model.eval()
 
-        def loss_fn(mb, logits):
-            logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
-            return logits.new_zeros(()), {"logp": logp.detach().cpu()}
+        def loss_fn(mb, logp):
+            return logp.new_zeros(()), {"logp": logp.detach().cpu()}
 
-        outputs = self._run(batch, loss_fn, forward_only=True)
+        parts = self._partition(batch)
+        outputs = self._run(batch, parts, loss_fn, forward_only=True, temperature=temperature)
         self.model.train(was_training)
         if not ps.is_pipeline_last_stage():
             return None
-        width = batch.seq_len
-        return torch.cat(
-            [torch.nn.functional.pad(o["logp"], (0, width - o["logp"].shape[1])) for o in outputs]
-        )
+        logp = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for idx, out in zip(parts, outputs):
+            width = min(out["logp"].shape[1], logp.shape[1])  # a micro-batch may be padded to the TP size
+            logp[idx, :width] = out["logp"][:, :width]
+        return logp
 
     # ------------------------------------------------------------------------------------------- training
     def train_step(
@@ -251,6 +307,12 @@ class MegatronActor:
         the update: weights and optimizer state stay unchanged. Returns metrics (on every rank).
         """
         per_token = loss_cfg.loss_agg_mode == "token-mean"
+        if loss_cfg.loss_agg_mode == "seq-mean-token-sum-norm" and loss_cfg.norm_length is None:
+            # L = "the padded width" is the whole step's (every DP rank's rows as one padded batch), not a
+            # micro-batch's: the loss must not depend on how the batch is split
+            width = torch.tensor([float(batch.seq_len)], device=comm_device(ps.get_data_parallel_group()))
+            dist.all_reduce(width, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+            loss_cfg = dataclasses.replace(loss_cfg, norm_length=int(width.item()))
 
         tis = loss_cfg.tis_cap is not None
         if tis and batch.engine_logp is None:
@@ -313,10 +375,10 @@ class MegatronActor:
         normaliser = local.to(comm_device(dp_group), torch.float64).clone()
         dist.all_reduce(normaliser, group=dp_group)
         normaliser = float(normaliser.clamp(min=1))
-        num_micro = math.ceil(len(batch) / self.micro_batch_size)
+        parts = self._partition(batch)
+        num_micro = len(parts)
 
-        def loss_fn(mb, logits):
-            logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
+        def loss_fn(mb, logp):
             value, metrics = loss(mb, logp, normaliser)
             # megatron divides each micro-batch loss by the number of micro-batches and DDP averages over
             # DP ranks; the loss is already normalised over the whole step, so undo both.
@@ -324,7 +386,8 @@ class MegatronActor:
                 "loss": value.detach()
             }
 
-        outputs = self._run(batch, loss_fn, forward_only=False)
+        outputs = self._run(batch, parts, loss_fn, forward_only=False, temperature=temperature)
+        computed = self.last_pass
         # a non-finite loss can come with finite gradients (NaN inputs masked by max/where): check both,
         # agreeing across all ranks (the loss exists only on the last pipeline stage)
         bad_loss = torch.zeros(1, device=comm_device())
@@ -352,6 +415,13 @@ class MegatronActor:
                 # micro-batch losses are parts of one step-wide normalised loss: their sum over micro-batches
                 # and DP ranks is the loss (x dp here, as ranks are averaged below); other metrics are means
                 local_metrics[key] = float(values.sum() * dp if key == "loss" else values.mean())
+        # this rank's replica: real tokens trained on, and the share of computed positions that were padding
+        # (averaged over ranks; the model-parallel ranks of a replica agree)
+        local_metrics.update(
+            train_tokens=float(computed["tokens"]),
+            padding_fraction=1.0 - computed["tokens"] / max(computed["positions"], 1),
+            micro_batches=float(computed["micro_batches"]),
+        )
         metrics = reduce_metrics(local_metrics)
         metrics.update(
             loss_triton=float(loss_implementation(device()) != "eager-reference"),
@@ -360,6 +430,7 @@ class MegatronActor:
             lr=self.optimizer.param_groups[0]["lr"],
             train_seconds=time.perf_counter() - t0,
         )
+
         return metrics
 
     # ------------------------------------------------------------------------------------- colocation

@@ -127,11 +127,56 @@ class RolloutBatch:
             position_ids=fit(self.position_ids, 2),
         )
 
-    def micro_batches(self, size: int, multiple: int = 1) -> list[RolloutBatch]:
-        """Consecutive micro-batches of `size` samples, each trimmed to its own length."""
-        return [
-            self.select(range(i, min(i + size, len(self)))).trim(multiple) for i in range(0, len(self), size)
-        ]
+    @property
+    def lengths(self) -> list[int]:
+        """Each sample's real length (prompt + response tokens)."""
+        return self.attention_mask.sum(1).tolist()
+
+    def partition(self, size: int, max_tokens: int = 0) -> list[list[int]]:
+        """Sample indices of each micro-batch: consecutive runs of `size` samples, or, with max_tokens > 0,
+        a balanced partition of the real lengths into the fewest micro-batches of at most max_tokens tokens
+        each (`balanced_partition`). Every rank holding this batch gets the same partition."""
+        if max_tokens > 0:
+            return balanced_partition(self.lengths, max_tokens)
+        return [list(range(i, min(i + size, len(self)))) for i in range(0, len(self), size)]
+
+    def micro_batches(self, size: int, multiple: int = 1, max_tokens: int = 0) -> list[RolloutBatch]:
+        """The micro-batches of `partition`, each trimmed to its own length."""
+        return [self.select(idx).trim(multiple) for idx in self.partition(size, max_tokens)]
+
+
+def balanced_partition(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices 0..n-1 split into the fewest groups whose lengths sum to at most max_tokens, balanced.
+
+    For k = ceil(total / max_tokens), k + 1, ...: longest-first greedy (each length, longest first, to the
+    group with the smallest sum so far; ties to the lower group), the first k whose largest group fits.
+    Longest-first greedy is within 4/3 of the best largest-group sum for k groups, so micro-batches cost
+    about the same (what pipeline stages wait for). Deterministic: every rank with the same lengths gets the
+    same groups. Groups hold indices in increasing order and are ordered by their first index.
+    Raises ValueError when one sequence alone is longer than max_tokens.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    lengths = [int(n) for n in lengths]
+    if not lengths:
+        return []
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    if lengths[longest] > max_tokens:
+        raise ValueError(
+            f"sample {longest} has {lengths[longest]} tokens, more than train.max_tokens_per_micro_batch "
+            f"({max_tokens}): raise it to at least the longest prompt + response"
+        )
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    k = max(1, -(-sum(lengths) // max_tokens))
+    while True:
+        sums, groups = [0] * k, [[] for _ in range(k)]
+        for i in order:
+            g = min(range(k), key=lambda j: (sums[j], j))
+            sums[g] += lengths[i]
+            groups[g].append(i)
+        if max(sums) <= max_tokens:
+            return sorted((sorted(g) for g in groups if g), key=lambda g: g[0])
+        k += 1
 
 
 def build_batch(

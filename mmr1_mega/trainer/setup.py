@@ -185,7 +185,7 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         optim=cfg.optim,
         use_distributed_optimizer=p.use_distributed_optimizer,
         total_steps=cfg.train.steps * cfg.train.ppo_epochs * cfg.train.ppo_mini_batches,
-        micro_batch_size=cfg.train.micro_batch_size,
+        **cfg.train.micro_batching(),
     )
     reference = None
     if cfg.loss.kl_coef > 0:
@@ -195,7 +195,7 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
             dtype=cfg.model.dtype,
             sequence_parallel=p.sequence_parallel,
             train=False,
-            micro_batch_size=cfg.train.micro_batch_size,
+            **cfg.train.micro_batching(),
         )
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.train.output_dir)
     run = Run(

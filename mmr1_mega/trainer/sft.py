@@ -52,7 +52,7 @@ def train_sft(cfg: Config) -> dict:
         optim=optim,
         use_distributed_optimizer=p.use_distributed_optimizer,
         total_steps=s.steps,
-        micro_batch_size=cfg.train.micro_batch_size,
+        **cfg.train.micro_batching(),
     )
     rank0 = dist.get_rank() == 0
     data = logger = None

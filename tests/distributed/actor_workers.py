@@ -15,14 +15,20 @@ from mmr1_mega.actor.actor import MegatronActor  # noqa: E402
 from mmr1_mega.config import OptimConfig  # noqa: E402
 from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
 
-# name -> (tp, pp, sp, distributed optimizer, micro batch size)
+# name -> (tp, pp, sp, distributed optimizer, micro batch size, max tokens per micro-batch, packed)
 LAYOUTS = {
-    "tp2-dp2": (2, 1, False, False, 2),
-    "pp2-dp2": (1, 2, False, False, 1),
-    "tp1-dp4-distopt": (1, 1, False, True, 1),
-    "tp2pp2-sp": (2, 2, True, False, 2),
-    "tp2-dp2-distopt": (2, 1, False, True, 1),
-    "tp1": (1, 1, False, False, 2),
+    "tp2-dp2": (2, 1, False, False, 2, 0, False),
+    "pp2-dp2": (1, 2, False, False, 1, 0, False),
+    "tp1-dp4-distopt": (1, 1, False, True, 1, 0, False),
+    "tp2pp2-sp": (2, 2, True, False, 2, 0, False),
+    "tp2-dp2-distopt": (2, 1, False, True, 1, 0, False),
+    "tp1": (1, 1, False, False, 2, 0, False),
+    # token budgets (the test batch's samples are 9-22 tokens: 2-3 micro-batches per replica), packed or not
+    "tp2-sp-dp2-packed-budget": (2, 1, True, False, 0, 32, True),
+    "pp2-dp2-packed-budget": (1, 2, False, False, 0, 24, True),
+    "tp2pp2-sp-budget": (2, 2, True, False, 0, 40, False),
+    "tp2-sp-packed": (2, 1, True, False, 0, 64, True),
+    "pp2-packed": (1, 2, False, False, 0, 40, True),
 }
 
 
@@ -30,7 +36,7 @@ def _make_actor(
     hf_config, hf_dir: str, layout: str, optim_kwargs: dict, total_steps: int = 1
 ) -> MegatronActor:
     """Initialise the layout's process groups and build an fp32 actor for it."""
-    tp, pp, sp, distopt, mbs = LAYOUTS[layout]
+    tp, pp, sp, distopt, mbs, max_tokens, packed = LAYOUTS[layout]
     initialize_model_parallel(tp, pp, seed=3)
     return MegatronActor(
         hf_config,
@@ -39,7 +45,9 @@ def _make_actor(
         sequence_parallel=sp,
         optim=OptimConfig(**optim_kwargs),
         use_distributed_optimizer=distopt,
-        micro_batch_size=mbs,
+        micro_batch_size=mbs or 1,
+        max_tokens_per_micro_batch=max_tokens,
+        pack_sequences=packed,
         total_steps=total_steps,
     )
 
@@ -152,3 +160,13 @@ def steps_with_offload_between(hf_dir: str, batches, loss_cfg, optim_kwargs, lay
     weights = dict(actor.hf_weights())
     keep = ps.get_tensor_model_parallel_rank() == 0 and dp_rank == 0
     return {"losses": losses, "weights": weights if keep else {}}
+
+
+def actor_step_per_loss(
+    hf_dir: str, batch, loss_cfgs: dict, optim_kwargs: dict, layouts, temperature
+) -> dict:
+    """actor_step for each named loss configuration (one process start for all)."""
+    return {
+        name: actor_step(hf_dir, batch, cfg, optim_kwargs, layouts, temperature)
+        for name, cfg in loss_cfgs.items()
+    }

@@ -16,6 +16,7 @@ from megatron.core.distributed import (  # noqa: E402
     finalize_model_grads,  # noqa: E402
 )
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
+from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from mmr1_mega.distributed.init import initialize_model_parallel  # noqa: E402
@@ -189,3 +190,34 @@ def parameter_names(hf_dir: str) -> list[str]:
     initialize_model_parallel(1, 1)
     model, _ = build_model(hf_config)
     return [n for n, _ in model.named_parameters()]
+
+
+def thd_rope_vs_per_sample(lengths: list[int], positions: list, multiple: int, seed: int) -> float:
+    """megatron-core's THD rope (the form transformer-engine runs use) on a packed row with mrope
+    frequencies from the packed positions, against its bshd rope on each sample alone: max |difference|."""
+    from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import MultimodalRotaryEmbedding
+
+    from mmr1_mega.models.qwen_vl.packing import pack
+
+    initialize_model_parallel(1, 1)
+    g = torch.Generator().manual_seed(seed)
+    heads, dim, section = 2, 16, [2, 3, 3]
+    config = TransformerConfig(
+        num_layers=1, hidden_size=heads * dim, num_attention_heads=heads, apply_rope_fusion=False
+    )
+    rope = MultimodalRotaryEmbedding(kv_channels=dim, rotary_percent=1.0, rotary_base=10000)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    pos = torch.zeros(3, len(lengths), width, dtype=torch.long)
+    for i, p in enumerate(positions):
+        pos[:, i, : lengths[i]] = torch.as_tensor(p)
+    row = pack(ids, pos, lengths, multiple, thd=True)
+    t = torch.randn(row.input_ids.shape[1], heads, dim, generator=g, dtype=torch.float64).float()
+    packed = apply_rotary_pos_emb(t, rope(row.position_ids, section), config, cu_seqlens=row.cu_seqlens)
+    diff, start = 0.0, 0
+    for i, n in enumerate(lengths):
+        alone = apply_rotary_pos_emb(t[start : start + n, None], rope(pos[:, i : i + 1, :n], section), config)
+        diff = max(diff, (packed[start : start + n] - alone[:, 0]).abs().max().item())
+        start += n
+    return diff

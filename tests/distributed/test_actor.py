@@ -4,21 +4,18 @@ transformers + torch AdamW, in every layout (TP, PP, SP, DP with and without the
 from __future__ import annotations
 
 import pytest
-import torch
 
-from mmr1_mega.actor.batch import build_batch
-from mmr1_mega.algo import compute_advantages
 from mmr1_mega.algo.config import GRPOLossConfig
 from mmr1_mega.distributed.launch import run_on_ranks
-from mmr1_mega.models.hf_io import canonical_name
 from mmr1_mega.models.tiny import save_tiny_model
-from mmr1_mega.ops.grpo import grpo_loss
 from tests.distributed import actor_workers
-from tests.tolerances import adam_first_step_tolerance, assert_within, fp32_forward_bound
+from tests.distributed.actor_reference import grpo_batch, merge_ranks, reference_step
+from tests.tolerances import adam_first_step_tolerance, assert_within
 
 pytestmark = pytest.mark.distributed
 
-LAYOUTS = list(actor_workers.LAYOUTS)
+# the 4-rank layouts (data parallel among them); test_actor_packing runs the 2-rank packed ones per loss mode
+LAYOUTS = [name for name in actor_workers.LAYOUTS if name not in ("tp2-sp-packed", "pp2-packed")]
 TEMPERATURE = 0.7
 OPTIM = dict(lr=1e-3, weight_decay=0.0, clip_grad=0.05, adam_eps=1e-8)
 LOSS = GRPOLossConfig(
@@ -26,100 +23,18 @@ LOSS = GRPOLossConfig(
 )
 
 
-def _hf_logits(hf, batch):
-    return hf(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        mm_token_type_ids=(batch.input_ids == hf.config.image_token_id).long(),
-        pixel_values=batch.pixel_values,
-        image_grid_thw=batch.image_grid_thw,
-    ).logits
-
-
-def _hf_logp(hf, batch):
-    logp = torch.log_softmax(_hf_logits(hf, batch)[:, :-1].float() / TEMPERATURE, -1)
-    tok = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(tok, (1, 0))
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("actor-hf")
     hf = save_tiny_model(d, seed=9, model_type="qwen2_5_vl")
-    cfg = hf.config
-    g = torch.Generator().manual_seed(0)
-    image = [cfg.vision_start_token_id] + [cfg.image_token_id] * 4 + [cfg.vision_end_token_id]
-    prompts, pixels, grids = [], [], []
-    for i in range(4):  # 4 prompts x 2 responses; prompts 1 and 3 carry an image (grid 1x4x4)
-        text = torch.randint(8, 128, (5 + i,), generator=g).tolist()
-        with_image = i % 2 == 1
-        for _ in range(2):
-            prompts.append(text[:2] + image + text[2:] if with_image else text)
-            pixels.append(torch.randn(16, 1176, generator=g) if with_image else None)
-            grids.append(torch.tensor([[1, 4, 4]]) if with_image else None)
-    responses = [
-        torch.randint(8, 128, (int(n),), generator=g).tolist() for n in torch.randint(2, 9, (8,), generator=g)
-    ]
-    batch = build_batch(
-        prompts, responses, pixels, grids, cfg.image_token_id, cfg.vision_config.spatial_merge_size
-    )
-    batch.rewards = torch.rand(8, generator=g)
-    batch.group_ids = torch.arange(8) // 2
-    batch.advantages = compute_advantages(batch.rewards, batch.group_ids, LOSS)
-    with torch.no_grad():
-        logp0 = _hf_logp(hf, batch)
-        # log p = z_t / T - logsumexp(z / T): off by at most twice the logits' rounding bound, over T
-        logp_atol = 2 * fp32_forward_bound(cfg.text_config, batch.seq_len) * _hf_logits(hf, batch).abs().max()
-        logp_atol = logp_atol.item() / TEMPERATURE
-    mask = batch.response_mask.bool()
-    batch.old_logp = torch.where(mask, logp0 + 0.3 * torch.randn(logp0.shape, generator=g), 0.0)
-    batch.ref_logp = torch.where(mask, logp0 + 0.2 * torch.randn(logp0.shape, generator=g), 0.0)
-
-    # reference step: transformers model + the loss + torch AdamW with global-norm clipping
-    logp = _hf_logp(hf, batch)
-    loss, ref_metrics = grpo_loss(
-        logp,
-        batch.old_logp,
-        batch.ref_logp,
-        batch.response_mask,
-        None,
-        None,
-        LOSS,
-        advantages=batch.advantages,
-    )
-    loss.backward()
-    grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in hf.parameters())).item()
-    torch.nn.utils.clip_grad_norm_(hf.parameters(), OPTIM["clip_grad"])
-    start_weights = {canonical_name(n): p.detach().clone() for n, p in hf.named_parameters()}
-    clipped_grads = {canonical_name(n): p.grad.detach().clone() for n, p in hf.named_parameters()}
-    opt = torch.optim.AdamW(hf.parameters(), lr=OPTIM["lr"], weight_decay=0.0, eps=OPTIM["adam_eps"])
-    opt.step()
-    ref_weights = {canonical_name(n): p.detach().clone() for n, p in hf.named_parameters()}
-
+    batch, logp0, logp_atol = grpo_batch(hf, LOSS, TEMPERATURE)
+    ref = reference_step(hf, batch, LOSS, OPTIM, TEMPERATURE)
     rank_results = run_on_ranks(actor_workers.actor_step, 4, str(d), batch, LOSS, OPTIM, LAYOUTS, TEMPERATURE)
-    merged = {}
-    for name in LAYOUTS:
-        logp_full = torch.zeros_like(logp0)
-        weights, metrics = {}, None
-        for r in rank_results:
-            out = r[name]
-            metrics = out["metrics"]
-            if "logp" in out:
-                idx, lp = out["logp"]
-                logp_full[idx, : lp.shape[1]] = lp
-            weights.update(out.get("weights", {}))
-        merged[name] = dict(logp=logp_full, weights=weights, metrics=metrics)
-    return dict(
+    return ref | dict(
         batch=batch,
         logp0=logp0,
         logp_atol=logp_atol,
-        loss=loss.item(),
-        grad_norm=grad_norm,
-        ref_metrics=ref_metrics,
-        ref_weights=ref_weights,
-        start_weights=start_weights,
-        clipped_grads=clipped_grads,
-        results=merged,
+        results=merge_ranks(rank_results, LAYOUTS, logp0.shape),
     )
 
 

@@ -119,9 +119,11 @@ class QwenVLModel(MegatronModule):
         image_grid_thw: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
+        packed_seq_params=None,
     ) -> torch.Tensor:
         """input_ids [b, s], position_ids [3, b, s] (models.qwen_vl.rope), attention_mask None (causal)
-        or bool [b, 1, s, s] with True = masked. Returns, on the last stage, vocab-parallel logits
+        or bool [b, 1, s, s] with True = masked; packed_seq_params: THD packing (models.qwen_vl.packing).
+        Returns, on the last stage, vocab-parallel logits
         [b, s, vocab / TP] (or per-token losses [b, s] when labels are given); elsewhere the hidden states
         for the next stage.
         """
@@ -134,6 +136,7 @@ class QwenVLModel(MegatronModule):
             attention_mask=attention_mask,
             decoder_input=decoder_input,
             labels=labels,
+            packed_seq_params=packed_seq_params,
         )
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):

@@ -1,0 +1,106 @@
+"""Token-budget micro-batches (balanced partition) and the packing helpers the actor uses; megatron-core's
+THD rope (the transformer-engine packing path) with packed mrope positions."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from mmr1_mega.actor.batch import balanced_partition
+from mmr1_mega.distributed.launch import run_on_ranks
+from mmr1_mega.models.qwen_vl.packing import pack, unpack_padded
+from mmr1_mega.models.qwen_vl.rope import image_position_ids
+from tests.distributed import model_workers
+
+
+def _best_max_sum(lengths: list[int], k: int) -> int:
+    """The smallest possible largest group sum over every assignment of lengths to k groups (brute force)."""
+    best = sum(lengths)
+    for assignment in itertools.product(range(k), repeat=len(lengths)):
+        sums = [0] * k
+        for n, g in zip(lengths, assignment):
+            sums[g] += n
+        best = min(best, max(sums))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partition_fits_the_budget_covers_every_sample_and_is_balanced(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 50) for _ in range(rng.randint(2, 7))]
+    budget = rng.randint(max(lengths), sum(lengths))
+    groups = balanced_partition(lengths, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    sums = [sum(lengths[i] for i in g) for g in groups]
+    assert max(sums) <= budget
+    k = len(groups)
+    assert k >= -(-sum(lengths) // budget)
+    # longest-first greedy is within (4/3 - 1/(3k)) of the best largest group for its k (Graham, 1969)
+    assert max(sums) <= (4 / 3 - 1 / (3 * k)) * _best_max_sum(lengths, k) + 1e-9
+    # deterministic, in index order
+    assert groups == balanced_partition(list(lengths), budget)
+    assert all(g == sorted(g) for g in groups) and [g[0] for g in groups] == sorted(g[0] for g in groups)
+
+
+def test_partition_uses_one_group_when_everything_fits_and_refuses_a_too_long_sample():
+    assert balanced_partition([3, 4, 5], 12) == [[0, 1, 2]]
+    assert balanced_partition([], 5) == []
+    with pytest.raises(ValueError, match="sample 1 has 9 tokens.*max_tokens_per_micro_batch \\(8\\)"):
+        balanced_partition([2, 9, 3], 8)
+
+
+def test_pack_then_unpack_gives_the_padded_rows_back():
+    g = torch.Generator().manual_seed(3)
+    lengths = [5, 1, 7, 3]
+    ids = torch.randint(1, 100, (4, 7), generator=g)
+    pos = torch.randint(0, 50, (3, 4, 7), generator=g)
+    img = torch.rand(4, 7, generator=g) > 0.5
+    keep = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    row = pack(ids, pos, lengths, multiple=4, image_mask=img)
+    assert row.input_ids.shape == (1, 16) and row.total == 16 and row.cu_seqlens is None
+    for packed, padded in ((row.input_ids, ids), (row.image_mask, img), (row.position_ids[0], pos[0])):
+        back = unpack_padded(packed.float(), lengths, 7)
+        assert torch.equal(back, torch.where(keep, padded.float(), 0.0))
+    # skip_first drops each sample's first token (a packed next-token score from the previous sample)
+    back = unpack_padded(row.input_ids.float(), lengths, 7, skip_first=True)
+    assert torch.equal(back[:, 0], torch.zeros(4)) and torch.equal(
+        back[:, 1:], torch.where(keep, ids, 0)[:, 1:].float()
+    )
+    # the mask: each sample attends causally to itself; padding only to itself
+    allowed = ~row.attention_mask[0, 0]
+    sample = torch.tensor([0] * 5 + [1] + [2] * 7 + [3] * 3)
+    expect = (sample[:, None] == sample[None]) & torch.ones(16, 16, dtype=torch.bool).tril()
+    assert torch.equal(allowed, expect)
+    # THD: the padding is a segment of its own, so cu_seqlens covers every packed position
+    thd = pack(ids, pos, lengths, multiple=5, thd=True)
+    assert thd.cu_seqlens.tolist() == [0, 5, 6, 13, 16, 20] and thd.attention_mask is None
+    params = thd.packed_seq_params()
+    assert params.qkv_format == "thd" and params.max_seqlen_q == 7
+
+
+def test_packed_unpack_gradient_reaches_only_kept_positions():
+    x = torch.randn(1, 9, requires_grad=True)
+    unpack_padded(x, [4, 5], 5, skip_first=True).sum().backward()
+    assert x.grad.tolist()[0] == [0, 1, 1, 1, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.distributed
+def test_megatron_thd_rope_with_packed_mrope_positions_equals_rope_per_sample():
+    # samples with images: 3-D positions that are not 0..L-1 (what a THD rope indexing by position within
+    # each sequence, e.g. transformer-engine's fused THD kernel, gets wrong)
+    merge = 2
+    img = image_position_ids(2, torch.tensor([1, 4, 6]), merge)  # 6 tokens at t=2, h 2..3, w 2..4
+    after = img.max() + 1
+    s0 = torch.cat([torch.arange(2).expand(3, -1), img, torch.arange(3).expand(3, -1) + after], 1)
+    s1 = torch.arange(4).expand(3, -1)
+    s2 = torch.cat(
+        [image_position_ids(0, torch.tensor([1, 2, 2]), merge), torch.arange(1, 3).expand(3, -1)], 1
+    )
+    positions = [s0.tolist(), s1.tolist(), s2.tolist()]
+    lengths = [s0.shape[1], s1.shape[1], s2.shape[1]]
+    [diff] = run_on_ranks(model_workers.thd_rope_vs_per_sample, 1, lengths, positions, 4, 0)
+    # the same elementwise products in the same order: equal to the last bit
+    assert diff == 0.0
