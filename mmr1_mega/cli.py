@@ -26,6 +26,10 @@ COMMANDS: dict[tuple[str, str | None], tuple[str, str]] = {
     ("bench", "loss"): ("mmr1_mega.ops.bench:main", "fused GRPO loss: eager vs compile vs Triton"),
     ("bench", "sync"): ("mmr1_mega.sync.bench:main", "weight sync seconds and GB/s per transport"),
     ("bench", "rollout"): ("mmr1_mega.rollout.bench:main", "rollout tokens/s: local vs vLLM vs SGLang"),
+    ("bench", "step"): (
+        "mmr1_mega.trainer.bench:main",
+        "GRPO steps of a config at real dimensions: per-phase time, tokens/s, MFU, memory (JSON)",
+    ),
     ("plot", "vas"): ("mmr1_mega.vas.plot:main", "VPS histograms and transitions per refresh (PNG)"),
 }
 

@@ -98,6 +98,8 @@ class RolloutConfig:
     top_k: int = -1
     max_new_tokens: int = 2048
     stop: list[str] = field(default_factory=list)
+    # token ids that end a response besides the model's eos (every engine takes them: stop_token_ids)
+    stop_token_ids: list[int] = field(default_factory=list)
     engine_tensor_parallel: int = 1
     # engines per node that runs engines (every node with placement per_node, rank 0's node otherwise)
     num_engines: int = 1
@@ -174,6 +176,10 @@ class RolloutConfig:
             raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
         if self.max_new_tokens < 1:
             raise ConfigError("rollout.max_new_tokens must be >= 1")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ConfigError(
+                f"rollout.stop_token_ids must be token ids (ints >= 0), got {self.stop_token_ids}"
+            )
         if self.server_timeout_s <= 0 or self.request_timeout_s <= 0:
             raise ConfigError("rollout.server_timeout_s and rollout.request_timeout_s must be > 0")
         if self.max_inflight_per_engine < 1:

@@ -7,7 +7,8 @@ Each check runs in its own process (a check that initialises CUDA must not be th
 check's forked ranks), under its own time limit, and its result is written to the JSON as soon as it is
 known, so a run cut short still reports what finished:
   logits      megatron Qwen2.5-VL vs transformers on the device, fp32 and bf16, at toy and at the 3B
-              widths (2 layers, 4 vision blocks); every parameter and buffer on the device
+              widths (2 layers, 4 vision blocks), right-padded and packed into one row (THD with
+              transformer-engine); every parameter and buffer on the device
   grpo_demo   3 GRPO steps of the demo configuration (actor, reference and local engine on the device,
               NCCL with world size 1, the Triton op compiled): which loss implementation ran, step times
   loss_op     the fused GRPO op at 512 prompts x 8 rollouts x 4096 tokens, bf16: eager vs torch.compile
@@ -71,7 +72,9 @@ def check_logits(dry: bool) -> dict:
     from mmr1_mega.distributed.init import initialize_model_parallel
     from mmr1_mega.models.build import build_model, tensors_off_device
     from mmr1_mega.models.presets import qwen2_5_vl_config
+    from mmr1_mega.models.qwen_vl.packing import pack, unpack_rows
     from mmr1_mega.models.registry import get_family
+    from mmr1_mega.models.spec import transformer_engine_usable as use_te
     from mmr1_mega.models.tiny import megatron_inputs, save_tiny_model, tiny_vl_batch
     from mmr1_mega.models.weights import load_hf_weights
 
@@ -106,15 +109,36 @@ def check_logits(dry: bool) -> dict:
                     ours = model(**args).float()
                 mask = inputs["attention_mask"].bool()
                 diff = (ours[mask] - ref[mask]).norm() / ref[mask].norm()
+                # the same samples packed into one row (the actor's train.pack_sequences): THD with
+                # transformer-engine, the block-diagonal mask otherwise
+                lengths = inputs["attention_mask"].sum(1).tolist()
+                row = pack(args["input_ids"].cpu(), args["position_ids"].cpu(), lengths, thd=use_te())
+                with torch.no_grad():
+                    packed = model(
+                        row.input_ids.to(dev),
+                        row.position_ids.to(dev),
+                        None if row.attention_mask is None else row.attention_mask.to(dev),
+                        args["pixel_values"],
+                        args["image_grid_thw"],
+                        packed_seq_params=row.packed_seq_params(),
+                    ).float()
+                packed_rows = torch.cat(unpack_rows(packed, lengths))
+                packed_diff = (packed_rows - ref[mask]).norm() / ref[mask].norm()
                 cases[f"{size}-{dtype}"] = {
                     "relative_l2_error": diff.item(),
+                    "packed_relative_l2_error": packed_diff.item(),
+                    "packing": "thd" if row.cu_seqlens is not None else "block-diagonal mask",
                     "allowed": ALLOWED_L2[dtype],
                     "max_abs_error": (ours[mask] - ref[mask]).abs().max().item(),
                     "off_device": tensors_off_device(model, dev),
                     "device": str(dev),
                 }
                 del model
-    bad = {k: c for k, c in cases.items() if c["relative_l2_error"] > c["allowed"] or c["off_device"]}
+    bad = {
+        k: c
+        for k, c in cases.items()
+        if max(c["relative_l2_error"], c["packed_relative_l2_error"]) > c["allowed"] or c["off_device"]
+    }
     if bad:
         raise AssertionError(f"logits differ from transformers or tensors off the device: {bad}")
     return {"cases": cases}

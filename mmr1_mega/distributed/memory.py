@@ -72,3 +72,15 @@ class PhaseMemory:
     def report(self) -> dict[str, dict[str, float]]:
         """Per phase name, its memory figures (GB = 1e9 bytes)."""
         return {k: dict(v) for k, v in self._phases.items()}
+
+
+def peak_memory_gb() -> float:
+    """This process's peak memory so far, GB: the accelerator's peak allocation with CUDA, else the peak
+    resident set (getrusage; a forked rank's count starts from what it shared with its parent)."""
+    from mmr1_mega.distributed.cpu import cuda_absent
+
+    if not cuda_absent():
+        return torch.cuda.max_memory_allocated() / GB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # KiB on Linux

@@ -206,7 +206,7 @@ def check_engine_gpus(engine_gpus: list[int], actor_gpus: list[int]) -> None:
 
 def request_from_config(cfg, prompt_ids: list[int], seed: int | None = None, **images) -> GenerationRequest:
     """A GenerationRequest for one prompt with the sampling settings of `cfg` (RolloutConfig):
-    n_samples, temperature, top_p, top_k, max_new_tokens, stop. images: pixel_values / image_grid_thw
+    n_samples, temperature, top_p, top_k, max_new_tokens, stop, stop_token_ids. images: pixel_values / image_grid_thw
     (local engine) and / or images (raw, SGLang)."""
     return GenerationRequest(
         prompt_ids=list(prompt_ids),
@@ -216,6 +216,7 @@ def request_from_config(cfg, prompt_ids: list[int], seed: int | None = None, **i
         top_k=cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
         stop=list(cfg.stop),
+        stop_token_ids=list(cfg.stop_token_ids),
         seed=seed,
         **images,
     )

@@ -70,17 +70,15 @@ def save_tiny_vl_model(model_dir, tok, m: dict, seed: int):
     """A random tiny Qwen2.5-VL-architecture model of the sizes in `m` (the demo config's `model` section)
     whose vocabulary and special tokens are those of tokenizer `tok`, saved to model_dir beside the
     processor. Returns the transformers model."""
-    import torch
+    return save_random_model(model_dir, tok, tiny_model_config(tok, m), seed)
 
-    from mmr1_mega.models.registry import get_family
+
+def tiny_model_config(tok, m: dict):
+    """The transformers config of the demo's tiny model: the sizes in `m`, the vocabulary of `tok`."""
     from mmr1_mega.models.tiny import tiny_hf_config
 
-    ids = {
-        t: tok.convert_tokens_to_ids(t)
-        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    }
     vocab = -(-len(tok) // 8) * 8  # divisible by any demo TP size
-    hf_cfg = tiny_hf_config(
+    return tiny_hf_config(
         model_type="qwen2_5_vl",
         vocab_size=vocab,
         hidden_size=m["hidden_size"],
@@ -91,19 +89,35 @@ def save_tiny_vl_model(model_dir, tok, m: dict, seed: int):
         tie_word_embeddings=m["tie_word_embeddings"],
         vision_depth=m["vision_depth"],
         vision_hidden=m["vision_hidden"],
-        special_tokens={
-            "image_token_id": ids["<|image_pad|>"],
-            "video_token_id": ids["<|video_pad|>"],
-            "vision_start_token_id": ids["<|vision_start|>"],
-            "vision_end_token_id": ids["<|vision_end|>"],
-        },
     )
+
+
+def save_random_model(model_dir, tok, hf_cfg, seed: int):
+    """A model of `hf_cfg`'s architecture with random weights (seeded), its special tokens (image, video,
+    vision start / end, eos, pad) set to tokenizer `tok`'s ids, saved to model_dir beside the processor.
+    The vocabulary may be larger than the tokenizer's (a released model's size). Returns the model."""
+    import torch
+
+    from mmr1_mega.models.registry import get_family
+
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    }
+    hf_cfg.image_token_id = ids["<|image_pad|>"]
+    hf_cfg.video_token_id = ids["<|video_pad|>"]
+    hf_cfg.vision_start_token_id = ids["<|vision_start|>"]
+    hf_cfg.vision_end_token_id = ids["<|vision_end|>"]
+    if len(tok) > hf_cfg.text_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tok)} tokens, the model only {hf_cfg.text_config.vocab_size}"
+        )
     eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     hf_cfg.text_config.eos_token_id = hf_cfg.eos_token_id = eos
     hf_cfg.text_config.pad_token_id = hf_cfg.pad_token_id = pad
     hf_cfg.text_config.bos_token_id = hf_cfg.bos_token_id = None
     torch.manual_seed(seed)
-    model = get_family("qwen2_5_vl").hf_class()(hf_cfg)
+    model = get_family(hf_cfg.model_type).hf_class()(hf_cfg)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = pad
     model.generation_config.bos_token_id = None

@@ -21,6 +21,7 @@ from mmr1_mega.config import Config, dump_config
 from mmr1_mega.distributed.batch_scatter import scatter_batch
 from mmr1_mega.distributed.comm import rank0_phase
 from mmr1_mega.distributed.cpu import device
+from mmr1_mega.distributed.memory import peak_memory_gb
 from mmr1_mega.distributed.signals import (
     Preempted,
     install_stop_handlers,
@@ -29,6 +30,7 @@ from mmr1_mega.distributed.signals import (
 )
 from mmr1_mega.models.spec import implementations
 from mmr1_mega.ops import loss_implementation
+from mmr1_mega.perf.flops import batch_forward_flops
 from mmr1_mega.sync.sync import sync_weights
 from mmr1_mega.trainer import checkpoint as ckpt
 from mmr1_mega.trainer.handoff import Handoff
@@ -155,6 +157,9 @@ def _train(run, cfg: Config) -> dict:
             return None, metrics
         batch = rollout_batch(run.train_data, rollouts, run.image_token_id, run.merge)
         batch.advantages = compute_advantages(batch.rewards, batch.group_ids, cfg.loss)
+        # model FLOPs of one forward pass of the actor over the step's batch (perf/: MFU per phase)
+        metrics["perf/forward_flops"] = batch_forward_flops(run.actor.hf_config, batch)
+        metrics["perf/batch_tokens"] = float(sum(batch.lengths))
         return batch, metrics
 
     held = {}  # rank 0: the step batch, which leaves rank 0 only as each replica's share (scatter_batch)
@@ -221,6 +226,11 @@ def _train(run, cfg: Config) -> dict:
             sync = handoff.to_engine(push_weights)
             engine_version = step
             t["sync"] = time.perf_counter()
+
+            # peak memory of every rank so far (the accelerator's with CUDA, else the process's RSS)
+            peaks = [None] * dist.get_world_size()
+            dist.all_gather_object(peaks, peak_memory_gb())
+            step_metrics = step_metrics | {f"perf/peak_memory_gb/rank{r}": v for r, v in enumerate(peaks)}
 
             # 6. validation, logs, checkpoint
             def validate_and_log(step, step_metrics, train_metrics, t, tokens, sync):

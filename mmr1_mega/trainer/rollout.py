@@ -189,6 +189,7 @@ def generate_and_score(
             top_k=rollout_cfg.top_k,
             max_new_tokens=rollout_cfg.max_new_tokens,
             stop=list(rollout_cfg.stop),
+            stop_token_ids=list(rollout_cfg.stop_token_ids),
             seed=seed + k,
         )
         for k, s in enumerate(samples)
