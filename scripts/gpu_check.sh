@@ -8,7 +8,8 @@
 #                                         report validated: the wiring is tested before a device is spent on it
 #   bash scripts/gpu_check.sh             on the device (Python 3.12, torch, triton, transformers there; no
 #                                         network): installs .whl/ into /tmp/site, runs every check, report in
-#                                         $OUT/gpu_check.json (device tool: run with carry [".whl"])
+#                                         $OUT/gpu_check.json (device tool: run with carry [".whl"]);
+#                                         all checks but bench_step, which runs with ONLY=bench_step
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-device}"
@@ -59,8 +60,11 @@ case "$mode" in
     export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 WANDB_MODE=disabled
     out="${OUT:-/tmp/gpu_check}"; mkdir -p "$out"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/nvidia_smi.csv" || true
-    python3 tools/gpu_check.py --out "$out/gpu_check.json" 2>&1 | tee "$out/gpu_check.log"
-    python3 tools/gpu_check.py --validate --out "$out/gpu_check.json" ;;
+    # ONLY=bench_step (or any comma-separated subset): those checks, in a report of their own
+    only=(); report=gpu_check.json
+    if [ -n "${ONLY:-}" ]; then only=(--only "$ONLY"); report="gpu_check_${ONLY//,/_}.json"; fi
+    python3 tools/gpu_check.py "${only[@]}" --out "$out/$report" 2>&1 | tee "$out/${report%.json}.log"
+    python3 tools/gpu_check.py "${only[@]}" --validate --out "$out/$report" ;;
   *)
     echo "usage: bash scripts/gpu_check.sh [--prepare | --dry-run]" >&2; exit 2 ;;
 esac

@@ -46,6 +46,7 @@ def test_the_device_check_runs_dry_and_writes_a_complete_report(tmp_path):
         "sync",
         "op_equal",
         "ipc",
+        "bench_step",
     }
     assert report["checks"]["grpo_demo"]["grpo_loss_implementation"] == ["triton-interpreter"]
     assert all(c["off_device"] == [] for c in report["checks"]["logits"]["cases"].values())

@@ -21,6 +21,9 @@ known, so a run cut short still reports what finished:
               GPU that maps, unpacks and hashes the buckets as vLLM's consumer does (the stand-in
               tests/rollout/vllm_ipc_standin.py: the image has no vLLM); three buckets of mixed dtypes,
               the buffer outgrown once and reused once, two update rounds, every tensor's bytes compared
+  bench_step  `mmr1-mega bench step` (per-phase seconds, tokens/s, MFU against the H200's datasheet peak):
+              the demo padded and packed, and the 3B example's widths with 2 decoder layers, packed
+              (run it on its own: --only bench_step; the other checks together fit one 10-minute call)
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("logits", "grpo_demo", "loss_op", "sync", "op_equal", "ipc")
+CHECKS = ("logits", "grpo_demo", "loss_op", "sync", "op_equal", "ipc", "bench_step")
 LIMITS_S = {
     "logits": 120,
     "grpo_demo": 180,
@@ -43,6 +46,7 @@ LIMITS_S = {
     "sync": 60,
     "op_equal": 120,
     "ipc": 60,
+    "bench_step": 420,
 }  # sum 540 s
 # ||ours - transformers|| / ||transformers|| over the logits: fp32 lands far under 1e-4 (tests/tolerances.py);
 # two bf16 computations in different orders, each 1e-3..1e-2 from exact (METHOD.md), within 3e-2 of each other
@@ -54,6 +58,7 @@ SCHEMA = {
     "sync": {"report"},
     "op_equal": {"cases"},
     "ipc": {"rounds"},
+    "bench_step": {"runs"},
 }
 
 
@@ -112,7 +117,9 @@ def check_logits(dry: bool) -> dict:
                 # the same samples packed into one row (the actor's train.pack_sequences): THD with
                 # transformer-engine, the block-diagonal mask otherwise
                 lengths = inputs["attention_mask"].sum(1).tolist()
-                row = pack(args["input_ids"].cpu(), args["position_ids"].cpu(), lengths, thd=use_te())
+                row = pack(
+                    args["input_ids"].cpu(), args["position_ids"].cpu(), lengths, thd=use_te(), rows=None
+                )
                 with torch.no_grad():
                     packed = model(
                         row.input_ids.to(dev),
@@ -122,12 +129,14 @@ def check_logits(dry: bool) -> dict:
                         args["image_grid_thw"],
                         packed_seq_params=row.packed_seq_params(),
                     ).float()
-                packed_rows = torch.cat(unpack_rows(packed, lengths))
+                packed_rows = torch.cat(unpack_rows(packed, row))
                 packed_diff = (packed_rows - ref[mask]).norm() / ref[mask].norm()
                 cases[f"{size}-{dtype}"] = {
                     "relative_l2_error": diff.item(),
                     "packed_relative_l2_error": packed_diff.item(),
-                    "packing": "thd" if row.cu_seqlens is not None else "block-diagonal mask",
+                    "packing": "thd"
+                    if row.cu_seqlens is not None
+                    else f"block-diagonal rows {tuple(row.input_ids.shape)}",
                     "allowed": ALLOWED_L2[dtype],
                     "max_abs_error": (ours[mask] - ref[mask]).abs().max().item(),
                     "off_device": tensors_off_device(model, dev),
@@ -346,6 +355,37 @@ def check_ipc(dry: bool) -> dict:
         standin.kill()
 
 
+def check_bench_step(dry: bool) -> dict:
+    """`mmr1-mega bench step` on the device: the demo configuration padded and packed (token budget), and
+    the 3B example's widths (2 decoder layers, 4 vision blocks) packed, bf16, with the local engine."""
+    from mmr1_mega.trainer.bench import main
+
+    demo = str(ROOT / "examples" / "demo_cpu.yaml")
+    packed = ["train.pack_sequences=true", "train.max_tokens_per_micro_batch=2048"]
+    steps = ["--steps", "1", "--warmup", "0"] if dry else ["--steps", "4", "--warmup", "1"]
+    toy = ["train.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_new_tokens=8"] if dry else []
+    runs = {
+        "demo_padded": [demo, *steps, *toy],
+        "demo_packed": [demo, *steps, *toy, *packed],
+    }
+    if not dry:
+        runs["3b_2layers_packed"] = [
+            str(ROOT / "examples" / "qwen2_5_vl_3b.yaml"), "--size", "3b", "--layers", "2", "--vision-depth", "4",
+            *steps, *packed, "rollout.engine=local", "rollout.router=false", "rollout.num_engines=1",
+            "train.prompts_per_step=16", "rollout.n_samples=8", "rollout.max_new_tokens=512",
+            "data.max_prompt_len=1024", "vas.n_rollouts=4",
+        ]  # fmt: skip
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, argv in runs.items():  # the training run prints too: the result is read from --out
+            if main([*argv, "--out", f"{d}/{name}.json"]) != 0:
+                raise AssertionError(f"bench step {name} failed: {argv}")
+            report = json.loads(Path(f"{d}/{name}.json").read_text())
+            report.pop("per_step", None)
+            out[name] = report
+    return {"runs": out}
+
+
 RUNNERS = {
     "logits": check_logits,
     "grpo_demo": check_grpo_demo,
@@ -353,6 +393,7 @@ RUNNERS = {
     "sync": check_sync,
     "op_equal": check_op_equal,
     "ipc": check_ipc,
+    "bench_step": check_bench_step,
 }
 
 
@@ -374,12 +415,19 @@ def run_one(name: str, dry: bool, result_file: str) -> None:
     Path(result_file).write_text(json.dumps(result, indent=1, default=str))
 
 
-def validate(report: dict, dry: bool) -> list[str]:
-    """What is missing or failed in a report (empty when every check ran, passed and has its fields)."""
+def default_checks(dry: bool) -> tuple[str, ...]:
+    """Every check in a dry run; on the device all but bench_step, which gets a call of its own (the rest
+    fit one 10-minute call together)."""
+    return CHECKS if dry else tuple(c for c in CHECKS if c != "bench_step")
+
+
+def validate(report: dict, dry: bool, names: tuple[str, ...] | None = None) -> list[str]:
+    """What is missing or failed in a report (empty when every check of `names` ran, passed and has its
+    fields; default: default_checks)."""
     problems = []
     if report.get("dry_run") != dry:
         problems.append(f"dry_run is {report.get('dry_run')}, expected {dry}")
-    for name in CHECKS:
+    for name in names or default_checks(dry):
         result = report.get("checks", {}).get(name)
         if result is None:
             problems.append(f"{name}: missing")
@@ -394,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="the JSON report (rewritten after each check)")
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU: checks the wiring")
-    ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {CHECKS}")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {CHECKS} (default: all; on the device all but bench_step)",
+    )
     ap.add_argument("--validate", action="store_true", help="only check that --out holds a complete report")
     ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
@@ -402,14 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_one:
         run_one(args.run_one, args.dry_run, args.result_file)
         return 0
-    if args.validate:
-        problems = validate(json.loads(Path(args.out).read_text()), args.dry_run)
-        print("\n".join(problems) or f"{args.out}: a complete report, every check ok")
-        return 1 if problems else 0
-    names = [n for n in args.only.split(",") if n]
+    names = [n for n in args.only.split(",") if n] if args.only else list(default_checks(args.dry_run))
     unknown = sorted(set(names) - set(CHECKS))
     if unknown:
         ap.error(f"unknown checks {unknown}: choose from {list(CHECKS)}")
+    if args.validate:
+        problems = validate(json.loads(Path(args.out).read_text()), args.dry_run, tuple(names))
+        print("\n".join(problems) or f"{args.out}: a complete report, every check ok")
+        return 1 if problems else 0
     report = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": {}}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.dry_run:  # the CPU stand-in for the device: Triton interpreted, no compile

@@ -34,7 +34,7 @@ from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import cuda_absent, device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
-from mmr1_mega.models.qwen_vl.packing import PackedRow, pack, unpack_padded
+from mmr1_mega.models.qwen_vl.packing import PackedRow, pack, row_plan, row_width, unpack_padded
 from mmr1_mega.models.spec import implementations, transformer_engine_usable
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
@@ -226,22 +226,36 @@ class MegatronActor:
     def _run(
         self, batch: RolloutBatch, parts: list[list[int]], loss_fn, forward_only: bool, temperature: float
     ) -> list:
-        """One pipeline-scheduled pass over the micro-batches `parts` (sample indices of `batch`).
+        """One pipeline-scheduled pass over the micro-batches `parts` (sample indices of `batch`; packing
+        into block-diagonal rows reorders each part in place to the order its rows hold the samples).
 
         loss_fn(mb, logp) gets each micro-batch (right-padded, trimmed) and its per-token log-probs [n, S]
         at `temperature`, aligned with mb.input_ids, whether the forward ran on padded or packed rows.
         """
         micro = []
         real = computed = 0
-        for idx in parts:
+        lengths = batch.lengths
+        for k, idx in enumerate(parts):
+            rows = None
+            if self.pack and not self.thd:  # block-diagonal rows: samples ordered as the rows hold them
+                mine = [lengths[i] for i in idx]
+                plan = row_plan(mine, row_width(mine, self.seq_multiple))
+                parts[k] = idx = [idx[i] for row in plan for i in row]
+                rows = [len(row) for row in plan]
             mb = batch.select(idx).trim(self.seq_multiple)
             real += sum(mb.lengths)
             if self.pack:
                 row = pack(
-                    mb.input_ids, mb.position_ids, mb.lengths, self.seq_multiple, mb.image_mask, thd=self.thd
+                    mb.input_ids,
+                    mb.position_ids,
+                    mb.lengths,
+                    self.seq_multiple,
+                    mb.image_mask,
+                    thd=self.thd,
+                    rows=rows,
                 )
                 micro.append((_packed_to_device(mb, row), mb, row))
-                computed += row.input_ids.shape[1]
+                computed += row.total
             else:
                 micro.append((_to_device(mb), mb, None))
                 computed += mb.input_ids.numel()
@@ -254,7 +268,7 @@ class MegatronActor:
                 logp = token_logprobs(logits, mb.input_ids.to(logits.device), temperature)
             else:
                 packed = token_logprobs(logits, row.input_ids.to(logits.device), temperature)
-                logp = unpack_padded(packed, row.lengths, mb.seq_len, skip_first=True)
+                logp = unpack_padded(packed, row, mb.seq_len, skip_first=True)
             return loss_fn(mb, logp)
 
         def forward_step(data_iterator, model):

@@ -124,8 +124,9 @@ def load_ckpt_logits(ckpt_dir: str, batch: dict) -> torch.Tensor:
 
 
 def padded_vs_packed(hf_dir: str, batch: dict, layouts: list[str]) -> dict:
-    """Logits of a right-padded batch and of the same samples packed into one row (block-diagonal mask)."""
-    from mmr1_mega.models.qwen_vl.packing import pack_rows, unpack_rows
+    """Logits of a right-padded batch and of the same samples packed (block-diagonal rows: one row of all
+    samples, and rows as wide as the longest sample): per layout and form, max |difference| and the scale."""
+    from mmr1_mega.models.qwen_vl.packing import pack, row_plan, row_width, unpack_rows
 
     hf_config = AutoConfig.from_pretrained(hf_dir)
     lengths = batch["attention_mask"].sum(1).tolist()
@@ -138,15 +139,34 @@ def padded_vs_packed(hf_dir: str, batch: dict, layouts: list[str]) -> dict:
         model.eval()
         inputs = _model_inputs(hf_config, batch)
         multiple = tp if sp else 1
-        ids, pos, mask = pack_rows(inputs["input_ids"], inputs["position_ids"], lengths, multiple)
         with torch.no_grad():
-            padded = model(**inputs)
-            packed = model(ids, pos, mask, inputs["pixel_values"], inputs["image_grid_thw"])
-            padded = tensor_parallel.gather_from_tensor_model_parallel_region(padded)
-            packed = tensor_parallel.gather_from_tensor_model_parallel_region(packed)
-        per_sample = unpack_rows(packed, lengths)
-        diff = max((per_sample[i] - padded[i, :n]).abs().max().item() for i, n in enumerate(lengths))
-        out[name] = (diff, padded.abs().max().item())
+            padded = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
+        one_row = -(-sum(lengths) // multiple) * multiple
+        plan = row_plan(lengths, row_width(lengths, multiple))
+        order = [i for r in plan for i in r]
+        with_images = [i for i in order if (inputs["input_ids"][i] == hf_config.image_token_id).any()]
+        assert with_images == sorted(with_images), "the plan must keep the images in order for this test"
+        forms = (
+            ("one row", list(range(len(lengths))), [len(lengths)], one_row),
+            ("rows", order, [len(r) for r in plan], None),
+        )
+        for form, order, rows, width in forms:
+            ids, pos = inputs["input_ids"][order], inputs["position_ids"][:, order]
+            row = pack(ids, pos, [lengths[i] for i in order], multiple, rows=rows, width=width)
+            with torch.no_grad():
+                packed = model(
+                    row.input_ids, row.position_ids, row.attention_mask, inputs["pixel_values"],
+                    inputs["image_grid_thw"],
+                )  # fmt: skip
+                packed = tensor_parallel.gather_from_tensor_model_parallel_region(packed)
+            per_sample = unpack_rows(packed, row)
+            diff = max(
+                (per_sample[k] - padded[i, : lengths[i]]).abs().max().item() for k, i in enumerate(order)
+            )
+            out[f"{name} {form} ({row.input_ids.shape[0]}x{row.input_ids.shape[1]})"] = (
+                diff,
+                padded.abs().max().item(),
+            )
         dist.barrier()
     return out
 

@@ -11,7 +11,7 @@ import torch
 
 from mmr1_mega.actor.batch import balanced_partition
 from mmr1_mega.distributed.launch import run_on_ranks
-from mmr1_mega.models.qwen_vl.packing import pack, unpack_padded
+from mmr1_mega.models.qwen_vl.packing import pack, row_plan, row_width, unpack_padded, unpack_rows
 from mmr1_mega.models.qwen_vl.rope import image_position_ids
 from tests.distributed import model_workers
 
@@ -52,6 +52,19 @@ def test_partition_uses_one_group_when_everything_fits_and_refuses_a_too_long_sa
         balanced_partition([2, 9, 3], 8)
 
 
+def test_row_plan_is_first_fit_decreasing_and_fits():
+    assert row_plan([5, 1, 7, 3], 7) == [[2], [0, 1], [3]]
+    rng = random.Random(0)
+    for _ in range(50):
+        lengths = [rng.randint(1, 30) for _ in range(rng.randint(1, 12))]
+        width = row_width(lengths, 4)
+        plan = row_plan(lengths, width)
+        assert sorted(i for r in plan for i in r) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in r) <= width for r in plan)
+        # first fit: no sample could have gone to an earlier row than its own
+        assert len(plan) <= max(1, -(-sum(lengths) * 2 // width))
+
+
 def test_pack_then_unpack_gives_the_padded_rows_back():
     g = torch.Generator().manual_seed(3)
     lengths = [5, 1, 7, 3]
@@ -59,31 +72,45 @@ def test_pack_then_unpack_gives_the_padded_rows_back():
     pos = torch.randint(0, 50, (3, 4, 7), generator=g)
     img = torch.rand(4, 7, generator=g) > 0.5
     keep = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    # block-diagonal rows of the longest sample's width (8 with multiple 4), next fit in order: [5, 1] [7] [3]
     row = pack(ids, pos, lengths, multiple=4, image_mask=img)
-    assert row.input_ids.shape == (1, 16) and row.total == 16 and row.cu_seqlens is None
+    assert row.input_ids.shape == (3, 8) and row.offsets == [0, 5, 8, 16] and row.cu_seqlens is None
     for packed, padded in ((row.input_ids, ids), (row.image_mask, img), (row.position_ids[0], pos[0])):
-        back = unpack_padded(packed.float(), lengths, 7)
+        back = unpack_padded(packed.float(), row, 7)
         assert torch.equal(back, torch.where(keep, padded.float(), 0.0))
-    # skip_first drops each sample's first token (a packed next-token score from the previous sample)
-    back = unpack_padded(row.input_ids.float(), lengths, 7, skip_first=True)
+    assert [t.tolist() for t in unpack_rows(row.input_ids, row)] == [
+        ids[i, :n].tolist() for i, n in enumerate(lengths)
+    ]
+    # skip_first drops each sample's first token (a packed next-token score from the token before it)
+    back = unpack_padded(row.input_ids.float(), row, 7, skip_first=True)
     assert torch.equal(back[:, 0], torch.zeros(4)) and torch.equal(
         back[:, 1:], torch.where(keep, ids, 0)[:, 1:].float()
     )
     # the mask: each sample attends causally to itself; padding only to itself
-    allowed = ~row.attention_mask[0, 0]
-    sample = torch.tensor([0] * 5 + [1] + [2] * 7 + [3] * 3)
-    expect = (sample[:, None] == sample[None]) & torch.ones(16, 16, dtype=torch.bool).tril()
-    assert torch.equal(allowed, expect)
-    # THD: the padding is a segment of its own, so cu_seqlens covers every packed position
+    allowed = ~row.attention_mask[:, 0]
+    sample = torch.tensor([[0] * 5 + [1] + [-1] * 2, [2] * 7 + [-1], [3] * 3 + [-1] * 5])
+    expect = (
+        (sample[:, :, None] == sample[:, None]) & (sample[:, :, None] >= 0) & torch.ones(8, 8).tril().bool()
+    )
+    assert torch.equal(allowed, expect | torch.eye(8, dtype=torch.bool))
+    # rows as planned: [7] [5, 1] [3] after ordering the samples so
+    planned = pack(ids[[2, 0, 1, 3]], pos[:, [2, 0, 1, 3]], [7, 5, 1, 3], multiple=4, rows=[1, 2, 1])
+    assert planned.input_ids.shape == (3, 8) and planned.offsets == [0, 8, 13, 16]
+    with pytest.raises(ValueError, match="more than its width"):
+        pack(ids, pos, lengths, rows=[2, 2])
+    # THD: one row; the padding is a segment of its own, so cu_seqlens covers every packed position
     thd = pack(ids, pos, lengths, multiple=5, thd=True)
-    assert thd.cu_seqlens.tolist() == [0, 5, 6, 13, 16, 20] and thd.attention_mask is None
+    assert thd.input_ids.shape == (1, 20) and thd.attention_mask is None
+    assert thd.cu_seqlens.tolist() == [0, 5, 6, 13, 16, 20]
     params = thd.packed_seq_params()
     assert params.qkv_format == "thd" and params.max_seqlen_q == 7
 
 
 def test_packed_unpack_gradient_reaches_only_kept_positions():
+    ids, pos = torch.ones(2, 5, dtype=torch.long), torch.zeros(3, 2, 5, dtype=torch.long)
+    row = pack(ids, pos, [4, 5], thd=True)
     x = torch.randn(1, 9, requires_grad=True)
-    unpack_padded(x, [4, 5], 5, skip_first=True).sum().backward()
+    unpack_padded(x, row, 5, skip_first=True).sum().backward()
     assert x.grad.tolist()[0] == [0, 1, 1, 1, 0, 1, 1, 1, 1]
 
 
