@@ -34,10 +34,11 @@ from mmr1_mega.distributed.comm import comm_device
 from mmr1_mega.distributed.cpu import cuda_absent, device
 from mmr1_mega.models.build import build_model
 from mmr1_mega.models.qwen_vl.bridge import DTYPES
-from mmr1_mega.models.qwen_vl.packing import PackedRow, pack, row_plan, row_width, unpack_padded
+from mmr1_mega.models.qwen_vl.packing import PackedRow, choose_rows, pack, unpack_padded
 from mmr1_mega.models.spec import implementations, transformer_engine_usable
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
+from mmr1_mega.perf.flops import lm_params_matmul
 
 log = logging.getLogger("mmr1_mega")
 LOGPROB_CHUNK_MB = 256.0
@@ -161,6 +162,16 @@ class MegatronActor:
         self.thd = pack_sequences and transformer_engine_usable()
         # real tokens and computed positions (padding included) of the last logprobs / train pass
         self.last_pass: dict[str, int] = {}
+        # block-diagonal packing's cost model (packing.choose_rows): model FLOPs per position of a row
+        # (every weight matmul) and per (query, key) pair that dense attention computes (scores and A V)
+        text = hf_config.text_config
+        self._row_costs = (
+            2.0 * lm_params_matmul(text),
+            4.0
+            * text.num_attention_heads
+            * (text.hidden_size // text.num_attention_heads)
+            * text.num_hidden_layers,
+        )
         model, self.family = build_model(
             hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute
         )
@@ -238,8 +249,7 @@ class MegatronActor:
         for k, idx in enumerate(parts):
             rows = None
             if self.pack and not self.thd:  # block-diagonal rows: samples ordered as the rows hold them
-                mine = [lengths[i] for i in idx]
-                plan = row_plan(mine, row_width(mine, self.seq_multiple))
+                width, plan = choose_rows([lengths[i] for i in idx], self.seq_multiple, *self._row_costs)
                 parts[k] = idx = [idx[i] for row in plan for i in row]
                 rows = [len(row) for row in plan]
             mb = batch.select(idx).trim(self.seq_multiple)
@@ -253,6 +263,7 @@ class MegatronActor:
                     mb.image_mask,
                     thd=self.thd,
                     rows=rows,
+                    width=None if self.thd else width,
                 )
                 micro.append((_packed_to_device(mb, row), mb, row))
                 computed += row.total

@@ -11,7 +11,14 @@ import torch
 
 from mmr1_mega.actor.batch import balanced_partition
 from mmr1_mega.distributed.launch import run_on_ranks
-from mmr1_mega.models.qwen_vl.packing import pack, row_plan, row_width, unpack_padded, unpack_rows
+from mmr1_mega.models.qwen_vl.packing import (
+    choose_rows,
+    pack,
+    row_plan,
+    row_width,
+    unpack_padded,
+    unpack_rows,
+)
 from mmr1_mega.models.qwen_vl.rope import image_position_ids
 from tests.distributed import model_workers
 
@@ -63,6 +70,24 @@ def test_row_plan_is_first_fit_decreasing_and_fits():
         assert all(sum(lengths[i] for i in r) <= width for r in plan)
         # first fit: no sample could have gone to an earlier row than its own
         assert len(plan) <= max(1, -(-sum(lengths) * 2 // width))
+
+
+def test_choose_rows_takes_the_cheapest_width_by_the_cost_model():
+    rng = random.Random(1)
+    for _ in range(30):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 16))]
+        per_position, per_pair = rng.choice([(1.0, 0.0), (100.0, 1.0), (1.0, 1.0), (1e4, 1.0)])
+        width, plan = choose_rows(lengths, 2, per_position, per_pair)
+        base = row_width(lengths, 2)
+        assert width % base == 0 and all(sum(lengths[i] for i in r) <= width for r in plan)
+        assert sorted(i for r in plan for i in r) == list(range(len(lengths)))
+        cost = len(plan) * (per_position * width + per_pair * width**2)
+        for k in range(1, len(lengths) + 1):  # every width it may try costs at least as much
+            w = base * k
+            assert len(row_plan(lengths, w)) * (per_position * w + per_pair * w**2) >= cost
+    # attention free: one row of everything; attention dear: one sample per row
+    assert choose_rows([4, 3, 3, 2], 1, 1.0, 0.0) == (12, [[0, 1, 2, 3]])
+    assert choose_rows([4, 4, 4, 4], 1, 1.0, 10.0) == (4, [[0], [1], [2], [3]])
 
 
 def test_pack_then_unpack_gives_the_padded_rows_back():

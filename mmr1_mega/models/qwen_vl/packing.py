@@ -13,11 +13,13 @@ unchanged. Two forms:
   tokens: the padding at the end is therefore a segment of cu_seqlens too). Fused rope must stay off (TE's
   THD kernel indexes frequencies by position within each sequence, 0..L-1, wrong for mrope's image
   positions): the bridge sets apply_rope_fusion=False.
-- Block-diagonal rows (the local spec, whose attention is dense): rows as wide as the longest sample, each
-  holding consecutive samples under a block-diagonal causal mask [R, 1, W, W]. Attention then costs
-  R x W^2 - no more than the padded batch's B x W^2 - while the linear layers see R x W positions instead of
-  B x W. (One row of all samples would cost (sum of lengths)^2 in attention: slower than padding on CPU.)
-  `row_plan` chooses which samples share a row (first-fit decreasing); the caller orders the samples so.
+- Block-diagonal rows (the local spec, whose attention is dense: it computes every pair of a row, masked or
+  not): rows of W tokens, each holding consecutive samples under a block-diagonal causal mask
+  [R, 1, W, W]. The linear layers see R x W positions instead of the padded batch's B x W_longest, and
+  attention costs R x W^2. (One row of all samples, W = the sum of the lengths, made the CPU demo's train
+  phase 3.6x slower than padding: attention grows with the square of the row.)
+  `choose_rows` picks the row width (a multiple of the longest sample's) that costs the fewest model FLOPs
+  and which samples share a row (first-fit decreasing); the caller orders the samples so.
 
 Rows are padded to a multiple of `multiple` (the TP size under sequence parallelism).
 """
@@ -82,6 +84,29 @@ def row_plan(lengths: Sequence[int], width: int) -> list[list[int]]:
             rows.append([i])
             room.append(width - n)
     return rows
+
+
+def choose_rows(
+    lengths: Sequence[int], multiple: int, per_position: float, per_pair: float
+) -> tuple[int, list[list[int]]]:
+    """The row width and row plan of block-diagonal rows that cost the fewest model FLOPs.
+
+    A row of width W costs per_position x W (the linear layers, padding included) + per_pair x W^2 (dense
+    attention computes every pair of the row, masked or not). Wider rows waste less on padding and more on
+    attention; the widths tried are 1, 2, 3, ... times the longest sample (rounded up to `multiple`), up
+    to one row of everything. Returns (width, row_plan at that width)."""
+    lengths = [int(n) for n in lengths]
+    base, total = row_width(lengths, multiple), sum(lengths)
+    best = None
+    for k in range(1, len(lengths) + 1):
+        width = base * k
+        plan = row_plan(lengths, width)
+        cost = len(plan) * (per_position * width + per_pair * width * width)
+        if best is None or cost < best[0]:
+            best = (cost, width, plan)
+        if width >= total:
+            break
+    return best[1], best[2]
 
 
 def pack(
