@@ -223,9 +223,10 @@ class TrainConfig:
     steps: int = 100
     prompts_per_step: int = 128
     micro_batch_size: int = 4
-    # > 0: micro-batches by token count instead of micro_batch_size rows: a balanced partition of the
-    # samples' lengths (prompt + response) into the fewest micro-batches of at most this many tokens each;
-    # the loss is normalised over the whole mini-batch as before (loss.loss_agg_mode), whatever the split
+    # > 0: micro-batches by token count instead of micro_batch_size rows, each of at most this many tokens:
+    # packed, a balanced partition of the samples' lengths (prompt + response) into the fewest micro-batches;
+    # right-padded, rows x the longest sample (longest first, similar lengths together). The loss is
+    # normalised over the whole mini-batch as before (loss.loss_agg_mode), whatever the split
     max_tokens_per_micro_batch: int = 0
     # each micro-batch's samples in one row for the actor's log-prob and train passes (THD packing with
     # transformer-engine, a block-diagonal mask otherwise): no compute on padding

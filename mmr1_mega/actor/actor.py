@@ -134,10 +134,11 @@ class MegatronActor:
 
     hf_config: the model's transformers config; weights_dir: HF directory to load weights from.
     train: build DDP + optimizer + LR schedule. optim: mmr1_mega.config.OptimConfig (train only).
-    Micro-batches: micro_batch_size samples each, or, with max_tokens_per_micro_batch > 0, a balanced
-    partition of the samples' lengths into micro-batches of at most that many tokens (RolloutBatch.partition).
-    pack_sequences: each micro-batch's samples in one row (models.qwen_vl.packing: THD with
-    transformer-engine, a block-diagonal mask otherwise) instead of right-padded rows.
+    Micro-batches: micro_batch_size samples each, or, with max_tokens_per_micro_batch > 0, micro-batches of
+    at most that many tokens (RolloutBatch.partition: real tokens when packed, rows x longest when padded).
+    pack_sequences: each micro-batch's samples packed (models.qwen_vl.packing: one THD row with
+    transformer-engine; otherwise block-diagonal rows whose width minimises model FLOPs) instead of one
+    right-padded row per sample.
     """
 
     def __init__(
@@ -299,7 +300,7 @@ class MegatronActor:
         )
 
     def _partition(self, batch: RolloutBatch) -> list[list[int]]:
-        return batch.partition(self.micro_batch_size, self.max_tokens)
+        return batch.partition(self.micro_batch_size, self.max_tokens, packed=self.pack)
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor | None:
@@ -455,7 +456,6 @@ class MegatronActor:
             lr=self.optimizer.param_groups[0]["lr"],
             train_seconds=time.perf_counter() - t0,
         )
-
         return metrics
 
     # ------------------------------------------------------------------------------------- colocation

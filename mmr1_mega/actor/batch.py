@@ -132,17 +132,47 @@ class RolloutBatch:
         """Each sample's real length (prompt + response tokens)."""
         return self.attention_mask.sum(1).tolist()
 
-    def partition(self, size: int, max_tokens: int = 0) -> list[list[int]]:
+    def partition(self, size: int, max_tokens: int = 0, packed: bool = True) -> list[list[int]]:
         """Sample indices of each micro-batch: consecutive runs of `size` samples, or, with max_tokens > 0,
-        a balanced partition of the real lengths into the fewest micro-batches of at most max_tokens tokens
-        each (`balanced_partition`). Every rank holding this batch gets the same partition."""
+        micro-batches of at most max_tokens tokens: with packed, a balanced partition of the real lengths
+        (`balanced_partition`); right-padded, rows x the longest sample (`padded_partition`). Every rank
+        holding this batch gets the same partition."""
         if max_tokens > 0:
-            return balanced_partition(self.lengths, max_tokens)
+            return (balanced_partition if packed else padded_partition)(self.lengths, max_tokens)
         return [list(range(i, min(i + size, len(self)))) for i in range(0, len(self), size)]
 
-    def micro_batches(self, size: int, multiple: int = 1, max_tokens: int = 0) -> list[RolloutBatch]:
+    def micro_batches(
+        self, size: int, multiple: int = 1, max_tokens: int = 0, packed: bool = True
+    ) -> list[RolloutBatch]:
         """The micro-batches of `partition`, each trimmed to its own length."""
-        return [self.select(idx).trim(multiple) for idx in self.partition(size, max_tokens)]
+        return [self.select(idx).trim(multiple) for idx in self.partition(size, max_tokens, packed)]
+
+
+def _check_fits(lengths: list[int], max_tokens: int) -> None:
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if lengths and max(lengths) > max_tokens:
+        longest = max(range(len(lengths)), key=lambda i: lengths[i])
+        raise ValueError(
+            f"sample {longest} has {lengths[longest]} tokens, more than train.max_tokens_per_micro_batch "
+            f"({max_tokens}): raise it to at least the longest prompt + response"
+        )
+
+
+def padded_partition(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices 0..n-1 in groups whose right-padded size (rows x the longest length) is at most max_tokens:
+    longest first, each group takes the next samples while they fit (sorting keeps similar lengths
+    together, so little padding). Groups hold indices in increasing order, ordered by their first index.
+    Raises ValueError when one sequence alone is longer than max_tokens."""
+    lengths = [int(n) for n in lengths]
+    _check_fits(lengths, max_tokens)
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return sorted((sorted(g) for g in groups), key=lambda g: g[0])
 
 
 def balanced_partition(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -155,17 +185,10 @@ def balanced_partition(lengths: Sequence[int], max_tokens: int) -> list[list[int
     same groups. Groups hold indices in increasing order and are ordered by their first index.
     Raises ValueError when one sequence alone is longer than max_tokens.
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     lengths = [int(n) for n in lengths]
+    _check_fits(lengths, max_tokens)
     if not lengths:
         return []
-    longest = max(range(len(lengths)), key=lambda i: lengths[i])
-    if lengths[longest] > max_tokens:
-        raise ValueError(
-            f"sample {longest} has {lengths[longest]} tokens, more than train.max_tokens_per_micro_batch "
-            f"({max_tokens}): raise it to at least the longest prompt + response"
-        )
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     k = max(1, -(-sum(lengths) // max_tokens))
     while True:

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from mmr1_mega.actor.batch import balanced_partition
+from mmr1_mega.actor.batch import balanced_partition, padded_partition
 from mmr1_mega.distributed.launch import run_on_ranks
 from mmr1_mega.models.qwen_vl.packing import (
     choose_rows,
@@ -52,11 +52,28 @@ def test_partition_fits_the_budget_covers_every_sample_and_is_balanced(seed):
     assert all(g == sorted(g) for g in groups) and [g[0] for g in groups] == sorted(g[0] for g in groups)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_padded_partition_bounds_rows_times_the_longest(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 20))]
+    budget = rng.randint(max(lengths), 4 * max(lengths))
+    groups = padded_partition(lengths, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(len(g) * max(lengths[i] for i in g) <= budget for g in groups)
+    # longest first, each group as full as the budget lets it: merging a group with the next one (in order
+    # of their longest sample) would not fit
+    by_longest = sorted(groups, key=lambda g: (-max(lengths[i] for i in g), g[0]))
+    for a in by_longest[:-1]:
+        assert (len(a) + 1) * max(lengths[i] for i in a) > budget
+    assert padded_partition([8, 3, 2, 7], 16) == [[0, 3], [1, 2]]
+
+
 def test_partition_uses_one_group_when_everything_fits_and_refuses_a_too_long_sample():
     assert balanced_partition([3, 4, 5], 12) == [[0, 1, 2]]
     assert balanced_partition([], 5) == []
-    with pytest.raises(ValueError, match="sample 1 has 9 tokens.*max_tokens_per_micro_batch \\(8\\)"):
-        balanced_partition([2, 9, 3], 8)
+    for partition in (balanced_partition, padded_partition):
+        with pytest.raises(ValueError, match="sample 1 has 9 tokens.*max_tokens_per_micro_batch \\(8\\)"):
+            partition([2, 9, 3], 8)
 
 
 def test_row_plan_is_first_fit_decreasing_and_fits():
