@@ -363,7 +363,13 @@ def check_bench_step(dry: bool) -> dict:
     demo = str(ROOT / "examples" / "demo_cpu.yaml")
     packed = ["train.pack_sequences=true", "train.max_tokens_per_micro_batch=2048"]
     steps = ["--steps", "1", "--warmup", "0"] if dry else ["--steps", "4", "--warmup", "1"]
-    toy = ["train.prompts_per_step=2", "rollout.n_samples=2", "rollout.max_new_tokens=8"] if dry else []
+    toy = [
+        "train.prompts_per_step=2",
+        "rollout.n_samples=2",
+        "train.micro_batch_size=4",
+        "rollout.max_new_tokens=8",
+    ]
+    toy = toy if dry else []
     runs = {
         "demo_padded": [demo, *steps, *toy],
         "demo_packed": [demo, *steps, *toy, *packed],
