@@ -38,7 +38,7 @@ from mmr1_mega.models.qwen_vl.packing import PackedRow, choose_rows, pack, unpac
 from mmr1_mega.models.spec import implementations, transformer_engine_usable
 from mmr1_mega.models.weights import iter_hf_weights, load_hf_weights
 from mmr1_mega.ops.grpo import grpo_loss, loss_implementation
-from mmr1_mega.perf.flops import lm_params_matmul
+from mmr1_mega.perf.flops import lm_head_dim, lm_params_matmul
 
 log = logging.getLogger("mmr1_mega")
 LOGPROB_CHUNK_MB = 256.0
@@ -168,10 +168,7 @@ class MegatronActor:
         text = hf_config.text_config
         self._row_costs = (
             2.0 * lm_params_matmul(text),
-            4.0
-            * text.num_attention_heads
-            * (text.hidden_size // text.num_attention_heads)
-            * text.num_hidden_layers,
+            4.0 * text.num_attention_heads * lm_head_dim(text) * text.num_hidden_layers,
         )
         model, self.family = build_model(
             hf_config, sequence_parallel=sequence_parallel, dtype=dtype, recompute=recompute

@@ -25,6 +25,13 @@ from collections.abc import Iterable, Sequence
 # ---------------------------------------------------------------------------------------------- language model
 
 
+def lm_head_dim(text_config) -> int:
+    """Width of one attention head: the config's head_dim where it sets one (Qwen3-VL), else hidden_size //
+    num_attention_heads (transformers' Qwen2(_5)_VLAttention)."""
+    c = text_config
+    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+
+
 def lm_params_matmul(text_config) -> int:
     """Weights of the language model that multiply every token's activations: the q, k, v, o projections
     and the SwiGLU MLP of each decoder layer, and the lm_head (vocab x hidden, counted whether or not it is
@@ -32,7 +39,7 @@ def lm_params_matmul(text_config) -> int:
     c = text_config
     h = c.hidden_size
     heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
-    head_dim = h // heads  # as transformers' Qwen2(_5)_VLAttention: hidden_size // num_attention_heads
+    head_dim = lm_head_dim(c)
     per_layer = (
         h * heads * head_dim  # q_proj: hidden -> heads x head_dim
         + 2 * h * kv_heads * head_dim  # k_proj, v_proj: hidden -> kv_heads x head_dim each (GQA)
@@ -48,7 +55,7 @@ def lm_attention_flops(text_config, seq_lengths: Sequence[int], causal: bool = T
     these lengths: 4 x head_dim x num_attention_heads per (query, key) pair, L (L + 1) / 2 pairs of a causal
     sequence of length L (key <= query), L^2 with causal=False (what a dense S x S kernel computes)."""
     c = text_config
-    head_dim = c.hidden_size // c.num_attention_heads
+    head_dim = lm_head_dim(c)
     # every query head attends on its own (GQA shares k / v between heads but not the products)
     per_pair = 2 * 2 * head_dim * c.num_attention_heads  # 2 matmuls (scores, A V) x 2 FLOPs per multiply-add
     pairs = sum(L * (L + 1) // 2 if causal else L * L for L in (int(x) for x in seq_lengths))
