@@ -41,6 +41,7 @@ def register(family: ModelFamily) -> ModelFamily:
 
 def get_family(model_type: str) -> ModelFamily:
     """The family for an HF model_type; raises UnknownModelType listing the supported ones."""
+    import mmr1_mega.models.qwen3_vl.bridge  # noqa: F401 - registers Qwen3-VL
     import mmr1_mega.models.qwen_vl  # noqa: F401 - registers the Qwen-VL families
 
     try:
@@ -52,6 +53,7 @@ def get_family(model_type: str) -> ModelFamily:
 
 
 def supported_model_types() -> list[str]:
+    import mmr1_mega.models.qwen3_vl.bridge  # noqa: F401
     import mmr1_mega.models.qwen_vl  # noqa: F401
 
     return sorted(_FAMILIES)

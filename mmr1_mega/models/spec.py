@@ -58,21 +58,46 @@ def implementations() -> dict[str, str]:
     }
 
 
-def decoder_block_spec(config: TransformerConfig, num_layers_here: int, use_te: bool | None = None):
-    """Spec for the decoder layers of this pipeline stage (Qwen2-style: RMSNorm, SwiGLU, qkv bias).
+def decoder_block_spec(
+    config: TransformerConfig,
+    num_layers_here: int,
+    use_te: bool | None = None,
+    layer_module: type | None = None,
+    layer_params: dict | None = None,
+):
+    """Spec for the decoder layers of this pipeline stage (Qwen2-style: RMSNorm, SwiGLU, qkv bias; Qwen3-style
+    per-head q / k RMSNorm when config.qk_layernorm).
 
-    use_te: None chooses transformer-engine when usable. Returns TransformerBlockSubmodules.
+    use_te: None chooses transformer-engine when usable. layer_module / layer_params: a TransformerLayer
+    subclass to build instead, with these extra constructor arguments (Qwen3-VL's DeepStack layers).
+    Returns TransformerBlockSubmodules.
     """
     from megatron.core.models.gpt import gpt_layer_specs
 
     if use_te is None:
         use_te = transformer_engine_usable()
+    qk = bool(config.qk_layernorm)
     if use_te:
-        layer = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
+        layer = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk)
         from megatron.core.extensions.transformer_engine import TENorm
 
-        return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=TENorm)
-    layer = gpt_layer_specs.get_gpt_layer_local_spec(normalization=config.normalization)
-    sub = dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
-    layer = dataclasses.replace(layer, submodules=sub)
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=TorchNorm)
+        final_norm = TENorm
+    else:
+        layer = gpt_layer_specs.get_gpt_layer_local_spec(normalization=config.normalization, qk_layernorm=qk)
+        sub = dataclasses.replace(layer.submodules, input_layernorm=TorchNorm, pre_mlp_layernorm=TorchNorm)
+        if qk:  # megatron's local q / k norm refuses sequence parallelism: ours (per head, summed over TP)
+            attention = layer.submodules.self_attention
+            attention = dataclasses.replace(
+                attention,
+                submodules=dataclasses.replace(
+                    attention.submodules, q_layernorm=TorchNorm, k_layernorm=TorchNorm
+                ),
+            )
+            sub = dataclasses.replace(sub, self_attention=attention)
+        layer = dataclasses.replace(layer, submodules=sub)
+        final_norm = TorchNorm
+    if layer_module is not None:
+        layer = dataclasses.replace(
+            layer, module=layer_module, params={**layer.params, **(layer_params or {})}
+        )
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_here, layer_norm=final_norm)

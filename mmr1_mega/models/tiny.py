@@ -77,6 +77,35 @@ def tiny_hf_config(
             temporal_patch_size=2,
         )
         cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    elif model_type == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        # an explicit head_dim unlike hidden / heads (Qwen3's q_proj widens), interleaved mrope sections of it
+        head_dim = 2 * hidden_size // num_heads
+        half = head_dim // 2
+        text.update(
+            head_dim=head_dim,
+            attention_bias=False,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5_000_000.0,
+                "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
+                "mrope_interleaved": True,
+            },
+        )
+        vision = dict(
+            depth=vision_depth + 1,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=144,
+            deepstack_visual_indexes=list(range(vision_depth)),  # a tap after each block but the last
+        )
+        cfg = Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     else:
         raise ValueError(f"no tiny config for model_type {model_type!r}")
     cfg.tie_word_embeddings = tie_word_embeddings

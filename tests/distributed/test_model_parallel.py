@@ -17,6 +17,7 @@ LAYOUTS = list(model_workers.LAYOUTS)
 CASES = {
     "qwen2_5_vl-untied": dict(model_type="qwen2_5_vl", tie_word_embeddings=False),
     "qwen2_vl-tied": dict(model_type="qwen2_vl", tie_word_embeddings=True),
+    "qwen3_vl-untied": dict(model_type="qwen3_vl", tie_word_embeddings=False),
 }
 
 

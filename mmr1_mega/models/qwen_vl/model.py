@@ -53,7 +53,7 @@ class QwenVLModel(MegatronModule):
         rope = text.rope_parameters
         self.language_model = GPTModel(
             config=config,
-            transformer_layer_spec=decoder_block_spec(config, num_layers_here),
+            transformer_layer_spec=self._decoder_spec(config, num_layers_here),
             vocab_size=text.vocab_size,
             max_sequence_length=text.max_position_embeddings,
             pre_process=pre_process,
@@ -64,6 +64,10 @@ class QwenVLModel(MegatronModule):
             rotary_base=rope["rope_theta"],
             scatter_embedding_sequence_parallel=False,
         )
+
+    def _decoder_spec(self, config, num_layers_here: int):
+        """The decoder layers' spec (a family may build its own layer class)."""
+        return decoder_block_spec(config, num_layers_here)
 
     # megatron's finalize_model_grads looks these up on the module that has `pre_process` (this one) to
     # all-reduce tied embedding / output-layer gradients between the first and last pipeline stages.

@@ -1,0 +1,125 @@
+"""Qwen3-VL (dense) as one pipeline stage: transformers' vision tower + megatron-core GPTModel.
+
+What Qwen3-VL adds to Qwen2.5-VL's stage (models/qwen_vl/model.py), as transformers 5.24 computes it
+(modeling_qwen3_vl.py):
+- the language model: per-head q / k RMSNorm, no qkv bias, an explicit head_dim (bridge.py), and interleaved
+  multimodal rope (rotary.InterleavedMRoPE, swapped into the GPTModel);
+- DeepStack: the vision tower also returns one feature per tapped vision block
+  (vision_config.deepstack_visual_indexes, each through its own merger); feature j is added to the output of
+  decoder layer j (j < number of taps) at the image-token positions. Here the features travel as one dense
+  tensor [s, b, k, h] (zero off image tokens; scattered along the sequence like the hidden states under
+  sequence parallelism) in the decoder's `context` argument, which megatron's TransformerBlock hands to every
+  layer (and keeps for activation recomputation per micro-batch); DeepStackLayer adds its slab.
+  Pipeline stages after the first do not receive the features yet: a layout that puts a DeepStack layer
+  there is refused (check_deepstack_layout).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from mmr1_mega.models.qwen3_vl.rotary import InterleavedMRoPE
+from mmr1_mega.models.qwen_vl.model import QwenVLModel
+from mmr1_mega.models.spec import decoder_block_spec
+
+
+class DeepStackLayer(TransformerLayer):
+    """A decoder layer that adds DeepStack feature `layer_number - 1` (from `context`) to its output."""
+
+    def __init__(self, *args, deepstack_layers: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deepstack_layers = deepstack_layers
+
+    def forward(self, *args, **kwargs):
+        hidden_states, context = super().forward(*args, **kwargs)
+        j = self.layer_number - 1  # global, 0-based
+        if context is not None and j < self.deepstack_layers:
+            hidden_states = hidden_states + context[:, :, j].to(hidden_states.dtype)
+        return hidden_states, context
+
+
+class Qwen3VLModel(QwenVLModel):
+    """One pipeline stage of a dense Qwen3-VL model (see the module doc)."""
+
+    def __init__(
+        self, config, hf_config, vision_class, pre_process=True, post_process=True, num_layers_here=None
+    ):
+        self.deepstack_layers = len(hf_config.vision_config.deepstack_visual_indexes)
+        super().__init__(config, hf_config, vision_class, pre_process, post_process, num_layers_here)
+        rope = self.language_model.rotary_pos_emb
+        self.language_model.rotary_pos_emb = InterleavedMRoPE(
+            kv_channels=config.kv_channels,
+            rotary_percent=1.0,
+            rotary_base=hf_config.text_config.rope_parameters["rope_theta"],
+            cp_group=getattr(rope, "cp_group", None),
+        ).to(rope.inv_freq.device)
+
+    def _decoder_spec(self, config, num_layers_here):
+        return decoder_block_spec(
+            config,
+            num_layers_here,
+            layer_module=DeepStackLayer,
+            layer_params={"deepstack_layers": self.deepstack_layers},
+        )
+
+    def embed(self, input_ids, pixel_values, image_grid_thw, image_mask=None):
+        """Token embeddings with image features on the image tokens [s, b, h], and the DeepStack features
+        as a dense [s, b, k, h] tensor (None without images); both scattered along the sequence with SP."""
+        embeddings = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h]
+        if image_mask is None:
+            image_mask = input_ids == self.image_token_id
+        n_placeholders = int(image_mask.sum())
+        deepstack = None
+        if pixel_values is not None and pixel_values.numel() > 0:
+            pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
+            out = self.vision(pixel_values, grid_thw=image_grid_thw)
+            features = out.pooler_output
+            if features.shape[0] != n_placeholders:
+                raise ValueError(
+                    f"{n_placeholders} image placeholder tokens but the images give {features.shape[0]} "
+                    "features: expand each image into grid_t*grid_h*grid_w/merge**2 placeholders"
+                )
+            embeddings = embeddings.masked_scatter(image_mask.unsqueeze(-1), features.to(embeddings.dtype))
+            stacked = torch.stack(list(out.deepstack_features), dim=1).to(embeddings.dtype)  # [n, k, h]
+            deepstack = embeddings.new_zeros(*input_ids.shape, *stacked.shape[1:])  # [b, s, k, h]
+            deepstack[image_mask] = stacked
+            deepstack = deepstack.transpose(0, 1).contiguous()  # [s, b, k, h]
+        elif n_placeholders:
+            raise ValueError(f"{n_placeholders} image placeholder tokens but no pixel_values were given")
+        embeddings = embeddings.transpose(0, 1).contiguous()
+        if self.config.sequence_parallel:
+            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
+            if deepstack is not None:
+                s, b = deepstack.shape[:2]
+                flat = tensor_parallel.scatter_to_sequence_parallel_region(deepstack.view(s, b, -1))
+                deepstack = flat.view(flat.shape[0], b, *deepstack.shape[2:])
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                return self.language_model.embedding.embedding_dropout(embeddings), deepstack
+        return self.language_model.embedding.embedding_dropout(embeddings), deepstack
+
+    def forward(
+        self,
+        input_ids,
+        position_ids,
+        attention_mask=None,
+        pixel_values=None,
+        image_grid_thw=None,
+        labels=None,
+        image_mask=None,
+        packed_seq_params=None,
+    ):
+        """As QwenVLModel.forward; the DeepStack features reach the decoder layers as `context`."""
+        decoder_input = deepstack = None
+        if self.pre_process:
+            decoder_input, deepstack = self.embed(input_ids, pixel_values, image_grid_thw, image_mask)
+        return self.language_model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            decoder_input=decoder_input,
+            labels=labels,
+            packed_seq_params=packed_seq_params,
+            extra_block_kwargs=None if deepstack is None else {"context": deepstack},
+        )
