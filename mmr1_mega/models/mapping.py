@@ -166,3 +166,14 @@ def resolve(table: Sequence[Mapping], megatron_name: str, layer_offset: int) -> 
             fill["rest"] = groups["rest"]
         return ResolvedMapping(megatron_name, tuple(h.format(**fill) for h in row.hf), row.transform)
     raise WeightMappingError(f"no weight mapping for megatron parameter {megatron_name!r}")
+
+
+class WeightTable(list):
+    """A family's Mapping rows, and how its HF names are written where they leave the project (an export):
+    released_name(on-disk name used in the rows) -> the name the released checkpoints use. Identity for
+    Qwen2 / Qwen2.5-VL; Qwen3-VL checkpoints keep transformers 5's in-memory names (model.language_model.*,
+    model.visual.*), which transformers does not rename on loading."""
+
+    def __init__(self, rows, released_name=None):
+        super().__init__(rows)
+        self.released_name = released_name or (lambda name: name)

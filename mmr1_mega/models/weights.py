@@ -114,9 +114,10 @@ def export_hf(
     writes = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     stage = ps.get_pipeline_model_parallel_rank()
     writer = ShardedWriter(out_dir, f".tmp-pp{stage:03d}", max_shard_mb)
+    released = getattr(table, "released_name", lambda name: name)
     for name, tensor in iter_hf_weights(model, table, dtype):
         if writes:
-            writer.add(name, tensor)
+            writer.add(released(name), tensor)
     if writes:
         writer.flush()
     parts = [None] * dist.get_world_size()

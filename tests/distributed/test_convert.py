@@ -24,10 +24,10 @@ def _tensors(directory):
     return out
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def source(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("hf-src")
-    save_tiny_model(d, seed=5, model_type="qwen2_5_vl", tie_word_embeddings=False)
+    save_tiny_model(d, seed=5, model_type=request.param, tie_word_embeddings=False)
     (d / "tokenizer_config.json").write_text(json.dumps({"note": "copied with the weights"}))
     return d
 
@@ -138,8 +138,8 @@ def test_layout_that_does_not_divide_the_model_is_refused_before_launch(source, 
 
 def test_weights_that_do_not_match_the_config_are_a_clear_error(source, tmp_path, capsys):
     bad = tmp_path / "bad"
-    save_tiny_model(bad, seed=1, model_type="qwen2_5_vl", intermediate_size=96)
     cfg = json.loads((source / "config.json").read_text())
+    save_tiny_model(bad, seed=1, model_type=cfg["model_type"], intermediate_size=96)
     (bad / "config.json").write_text(json.dumps(cfg))  # config says intermediate 128, weights have 96
     assert convert.main(["hf-to-mcore", "--hf-dir", str(bad), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ bias, an explicit head_dim (kv_channels) and interleaved mrope (model.py); the r
 
 from __future__ import annotations
 
-from mmr1_mega.models.mapping import Mapping, Replicated
+from mmr1_mega.models.mapping import Mapping, Replicated, WeightTable
 from mmr1_mega.models.qwen_vl import bridge as qwen2
 from mmr1_mega.models.registry import ModelFamily, register
 
@@ -28,10 +28,20 @@ def weight_table(hf_config) -> list[Mapping]:
     attn = "model.layers.{layer}.self_attn."
     layer = "language_model.decoder.layers.{layer}.self_attention."
     rows = [m for m in qwen2.weight_table(hf_config) if not m.megatron.endswith("linear_qkv.bias")]
-    return rows + [
+    rows += [
         Mapping(layer + "q_layernorm.weight", (attn + "q_norm.weight",), Replicated()),
         Mapping(layer + "k_layernorm.weight", (attn + "k_norm.weight",), Replicated()),
     ]
+    return WeightTable(rows, released_name)
+
+
+def released_name(name: str) -> str:
+    """The name Qwen3-VL checkpoints use for an on-disk (hf_io.canonical_name) name."""
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model.") :]
+    if name.startswith("visual."):
+        return "model." + name
+    return name
 
 
 def _build(config, hf_config, pre_process=True, post_process=True):
