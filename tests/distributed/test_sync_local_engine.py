@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmr1_mega.distributed.launch import run_on_ranks
+from mmr1_mega.models.hf_io import canonical_name
 from mmr1_mega.models.tiny import save_tiny_model, tiny_vl_batch
 from mmr1_mega.rollout.protocol import GenerationRequest
 from tests.distributed import sync_workers
@@ -20,9 +21,10 @@ LAYOUTS = ["tp2", "pp2", "tp2pp2"]
 
 
 def _tensors(directory):
+    """An exported directory's tensors by on-disk (canonical) name: the names the engine's state uses."""
     out = {}
     for f in sorted(directory.glob("*.safetensors")):
-        out.update(load_file(f))
+        out.update({canonical_name(k): v for k, v in load_file(f).items()})
     return out
 
 
@@ -49,12 +51,12 @@ def _requests(batch, hf_config) -> list[GenerationRequest]:
     return reqs
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("sync")
     actor, engine = root / "actor", root / "engine"
-    hf = save_tiny_model(actor, seed=11, model_type="qwen2_5_vl")
-    save_tiny_model(engine, seed=12, model_type="qwen2_5_vl")  # same shapes, other weights
+    hf = save_tiny_model(actor, seed=11, model_type=request.param)
+    save_tiny_model(engine, seed=12, model_type=request.param)  # same shapes, other weights
     batch = tiny_vl_batch(hf.config, seed=int(torch.randint(0, 10_000, ()).item()))
     requests = _requests(batch, hf.config)
     results = run_on_ranks(
