@@ -94,7 +94,7 @@ def tiny_hf_config(
             },
         )
         vision = dict(
-            depth=vision_depth + 1,
+            depth=vision_depth + 2,
             hidden_size=vision_hidden,
             intermediate_size=2 * vision_hidden,
             num_heads=2,
@@ -103,7 +103,9 @@ def tiny_hf_config(
             spatial_merge_size=2,
             temporal_patch_size=2,
             num_position_embeddings=144,
-            deepstack_visual_indexes=list(range(vision_depth)),  # a tap after each block but the last
+            # a tap after each block but the last: vision_depth + 1 DeepStack layers, one more than half of the
+            # default 4 decoder layers, so that PP2 puts one on the second stage
+            deepstack_visual_indexes=list(range(vision_depth + 1)),
         )
         cfg = Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
     else:

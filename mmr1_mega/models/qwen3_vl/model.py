@@ -10,8 +10,11 @@ What Qwen3-VL adds to Qwen2.5-VL's stage (models/qwen_vl/model.py), as transform
   tensor [s, b, k, h] (zero off image tokens; scattered along the sequence like the hidden states under
   sequence parallelism) in the decoder's `context` argument, which megatron's TransformerBlock hands to every
   layer (and keeps for activation recomputation per micro-batch); DeepStackLayer adds its slab.
-  Pipeline stages after the first do not receive the features yet: a layout that puts a DeepStack layer
-  there is refused (check_deepstack_layout).
+  When a DeepStack layer sits on a later pipeline stage, the features ride in the activation that stages
+  send each other: a stage's output is [s, b, h * (1 + k)] (hidden states, then the k slabs; zeros for a
+  micro-batch without images) and the next stage splits it in set_input_tensor. Gradients flow back the same
+  way to the vision tower's DeepStack mergers on the first stage. megatron-core exchanges the activation's
+  shape per micro-batch (variable_seq_lengths), so the wider activation needs nothing else.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Qwen3VLModel(QwenVLModel):
     ):
         self.deepstack_layers = len(hf_config.vision_config.deepstack_visual_indexes)
         super().__init__(config, hf_config, vision_class, pre_process, post_process, num_layers_here)
+        # DeepStack layers beyond the first stage's: the features travel with the activation (module doc)
+        pp = config.pipeline_model_parallel_size
+        self.carry_deepstack = pp > 1 and self.deepstack_layers > config.num_layers // pp
+        self._received_deepstack = None
         rope = self.language_model.rotary_pos_emb
         self.language_model.rotary_pos_emb = InterleavedMRoPE(
             kv_channels=config.kv_channels,
@@ -110,11 +117,17 @@ class Qwen3VLModel(QwenVLModel):
         image_mask=None,
         packed_seq_params=None,
     ):
-        """As QwenVLModel.forward; the DeepStack features reach the decoder layers as `context`."""
+        """As QwenVLModel.forward; the DeepStack features reach the decoder layers as `context`, and the next
+        pipeline stage with the activation when it holds DeepStack layers."""
         decoder_input = deepstack = None
         if self.pre_process:
             decoder_input, deepstack = self.embed(input_ids, pixel_values, image_grid_thw, image_mask)
-        return self.language_model(
+            if self.carry_deepstack and deepstack is None:  # no images in this micro-batch: zero slabs
+                s, b, h = decoder_input.shape
+                deepstack = decoder_input.new_zeros(s, b, self.deepstack_layers, h)
+        else:
+            deepstack, self._received_deepstack = self._received_deepstack, None
+        out = self.language_model(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
@@ -123,3 +136,17 @@ class Qwen3VLModel(QwenVLModel):
             packed_seq_params=packed_seq_params,
             extra_block_kwargs=None if deepstack is None else {"context": deepstack},
         )
+        if self.carry_deepstack and not self.post_process:
+            out = torch.cat([out, deepstack.flatten(2).to(out.dtype)], dim=-1)
+        return out
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline hand-off: split the received activation into hidden states and DeepStack slabs."""
+        if not self.carry_deepstack or self.pre_process:
+            return super().set_input_tensor(input_tensor)
+        tensor = input_tensor[0] if isinstance(input_tensor, list) else input_tensor
+        if tensor is None:
+            return super().set_input_tensor(input_tensor)
+        h = self.config.hidden_size
+        self._received_deepstack = tensor[..., h:].unflatten(-1, (self.deepstack_layers, h))
+        super().set_input_tensor([tensor[..., :h].contiguous()])
