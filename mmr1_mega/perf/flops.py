@@ -92,6 +92,16 @@ def _vision_arch(vision_config) -> dict:
             full_blocks=set(v.fullatt_block_indexes),
             windowed=True,
         )
+    if model_type.startswith("qwen3_vl"):
+        width = v.hidden_size
+        return dict(
+            width=width,
+            out=v.out_hidden_size,
+            mlp=2 * width * v.intermediate_size,  # linear_fc1 (width -> intermediate), linear_fc2 (back)
+            full_blocks=set(range(v.depth)),  # full attention within each frame in every block
+            windowed=False,
+            mergers=1 + len(v.deepstack_visual_indexes),  # the main merger + one per DeepStack tap
+        )
     if model_type.startswith("qwen2_vl"):
         width = v.embed_dim
         return dict(
@@ -150,7 +160,8 @@ def vision_forward_flops(vision_config, image_grid_thw: Iterable[Sequence[int]])
         + a["mlp"]  # the block's MLP
     )
     merger = (d * m2) * (d * m2) + (d * m2) * a["out"]  # mlp[0]: (width x m^2)^2, mlp[2]: -> the LM's width
-    weights = 2 * (patches * (patch_embed + v.depth * block) + patches // m2 * merger)
+    mergers = a.get("mergers", 1)  # Qwen3-VL: its DeepStack mergers have the main merger's shape
+    weights = 2 * (patches * (patch_embed + v.depth * block) + patches // m2 * merger * mergers)
 
     full_blocks = len([i for i in range(v.depth) if i in a["full_blocks"]])
     # 2 matmuls (scores, A V) x 2 FLOPs per multiply-add x head_dim x heads (= width) per pair

@@ -59,6 +59,7 @@ def build_assets(out: Path, cfg, seed: int) -> tuple[Path, dict]:
         str(model_dir),
         min_pixels=s["min_pixels"],
         max_pixels=s["max_pixels"],
+        patch_size=PATCH_SIZE[model_family(cfg["model"])],
         corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         vocab_size=s["vocab_size"],
     )
@@ -73,13 +74,25 @@ def save_tiny_vl_model(model_dir, tok, m: dict, seed: int):
     return save_random_model(model_dir, tok, tiny_model_config(tok, m), seed)
 
 
+# the demo model's family (its YAML's model.family) and that family's vision patch size
+PATCH_SIZE = {"qwen2_5_vl": 14, "qwen2_vl": 14, "qwen3_vl": 16}
+
+
+def model_family(m: dict) -> str:
+    """The demo YAML model section's family (default qwen2_5_vl); ValueError for an unknown one."""
+    family = m.get("family", "qwen2_5_vl")
+    if family not in PATCH_SIZE:
+        raise ValueError(f"demo config: model.family {family!r} unknown; choose one of {sorted(PATCH_SIZE)}")
+    return family
+
+
 def tiny_model_config(tok, m: dict):
-    """The transformers config of the demo's tiny model: the sizes in `m`, the vocabulary of `tok`."""
+    """The transformers config of the demo's tiny model: the family and sizes in `m`, the vocabulary of `tok`."""
     from mmr1_mega.models.tiny import tiny_hf_config
 
     vocab = -(-len(tok) // 8) * 8  # divisible by any demo TP size
     return tiny_hf_config(
-        model_type="qwen2_5_vl",
+        model_type=model_family(m),
         vocab_size=vocab,
         hidden_size=m["hidden_size"],
         num_layers=m["num_layers"],
