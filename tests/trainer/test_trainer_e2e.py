@@ -243,22 +243,31 @@ def test_eval_scores_an_hf_model_and_a_trainer_checkpoint(task, tmp_path, capsys
     assert (tmp_path / "c1.jsonl").read_text() == (tmp_path / "c2.jsonl").read_text()
 
 
-def test_demo_command_completes_with_a_small_setting(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_demo_command_completes_with_a_small_setting(tmp_path, family):
+    import copy
+
     import yaml
 
     from mmr1_mega.trainer.demo import main as demo_main
     from tests.trainer.tiny_task import TINY
 
+    tiny = copy.deepcopy(TINY)
+    pixels = 3136  # 2 x 2 cells of 28 pixels: one merged token each with patch 14
+    if family == "qwen3_vl":  # patch 16: cells of 32 pixels
+        pixels = 4096
+        tiny["synthetic"].update(cell=32, min_pixels=pixels, max_pixels=pixels)
+    tiny["model"]["family"] = family
     grpo = grpo_config(tmp_path / "unused", Path("unused"), {"train": "", "val": "", "sft_train": ""})
     for key in ("hf_path",):
         grpo["model"].pop(key)
-    grpo["data"] = {"min_pixels": 3136, "max_pixels": 3136, "max_prompt_len": 256}
+    grpo["data"] = {"min_pixels": pixels, "max_pixels": pixels, "max_prompt_len": 256}
     grpo["train"].pop("output_dir")
     grpo["sft"] = {"steps": 30, "batch_size": 16, "lr": 1.0e-2, "warmup_steps": 0}
     grpo["train"].update(steps=2, val_every_steps=2)
     grpo["checkpoint"] = {"save_every_steps": 2, "keep_last": 1}
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text(yaml.safe_dump({"seed": 0, **TINY, "grpo": grpo}))
+    cfg.write_text(yaml.safe_dump({"seed": 0, **tiny, "grpo": grpo}))
     assert demo_main(["--out", str(tmp_path / "demo"), "--config", str(cfg)]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert [s for s, _ in summary["val_curve"]] == [0, 2]
