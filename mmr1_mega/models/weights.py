@@ -76,11 +76,13 @@ def _gather_tp(param: torch.Tensor) -> list[torch.Tensor]:
 def iter_hf_weights(
     model, table, dtype: torch.dtype | None = None, tensor_of=None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, full tensor) for every parameter of this pipeline stage.
+    """Yield (HF name, full tensor) for every parameter of this pipeline stage, under the names the
+    family's released checkpoints use (table.released_name; what exports and engines expect).
 
     Collective over the stage's TP group: every TP rank must iterate. dtype casts the yielded tensors.
     tensor_of(param) picks what is exported (default the parameter itself; e.g. its gradient).
     """
+    released = getattr(table, "released_name", lambda name: name)
     module = unwrap(model)
     offset = get_transformer_layer_offset(module.config)
     for name, param in module.named_parameters():
@@ -91,7 +93,7 @@ def iter_hf_weights(
         value = param.detach() if tensor_of is None else tensor_of(param)
         shards = _gather_tp(value) if is_tp else [value]
         for hf_name, tensor in zip(row.hf_names, row.transform.merge(shards)):
-            yield hf_name, tensor if dtype is None else tensor.to(dtype)
+            yield released(hf_name), tensor if dtype is None else tensor.to(dtype)
 
 
 def export_hf(
@@ -114,10 +116,9 @@ def export_hf(
     writes = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     stage = ps.get_pipeline_model_parallel_rank()
     writer = ShardedWriter(out_dir, f".tmp-pp{stage:03d}", max_shard_mb)
-    released = getattr(table, "released_name", lambda name: name)
     for name, tensor in iter_hf_weights(model, table, dtype):
         if writes:
-            writer.add(released(name), tensor)
+            writer.add(name, tensor)
     if writes:
         writer.flush()
     parts = [None] * dist.get_world_size()

@@ -105,6 +105,7 @@ class LocalEngine:
         were. Raises EngineError on an unknown name or a shape that differs from the model's.
         """
         self._check_alive()
+        bucket = [(canonical_name(name), tensor) for name, tensor in bucket]  # released or on-disk names
         for name, tensor in bucket:
             if name not in self._params:
                 raise EngineError(

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from mmr1_mega.distributed.comm import comm_device
+from mmr1_mega.models.hf_io import canonical_name
 from mmr1_mega.models.weights import iter_hf_weights
 from mmr1_mega.sync.buckets import Bucket, iter_buckets, nbytes, pack, unpack
 from mmr1_mega.sync.checksum import tensor_checksum
@@ -141,7 +142,10 @@ def _engine_checksums(engine) -> dict[str, str]:
 
 def compare_checksums(actor: dict[str, str], engine: dict[str, str]) -> dict[str, list[str]]:
     """Names whose checksum differs, names the actor has and the engine lacks, and the reverse
-    (an engine tensor no sync ever writes is stale by construction)."""
+    (an engine tensor no sync ever writes is stale by construction). Names compare in their on-disk form
+    (hf_io.canonical_name), whichever form each side reports."""
+    actor = {canonical_name(n): v for n, v in actor.items()}
+    engine = {canonical_name(n): v for n, v in engine.items()}
     return {
         "mismatched": sorted(n for n in actor.keys() & engine.keys() if actor[n] != engine[n]),
         "missing_in_engine": sorted(actor.keys() - engine.keys()),

@@ -25,7 +25,7 @@ def _merge(rank_results):
     merged = {name: {"grads": {}} for name in LAYOUTS}
     for res in rank_results:
         for name, out in res.items():
-            merged[name]["grads"].update(out.pop("grads", {}))
+            merged[name]["grads"].update({canonical_name(k): v for k, v in out.pop("grads", {}).items()})
             merged[name].update(out)
     return merged
 
