@@ -47,21 +47,24 @@ def engine_python(kind: str) -> str:
     return path
 
 
-def save_engine_model(out_dir: Path, seed: int) -> None:
-    """The demo's processor and a random tiny Qwen2.5-VL (sizes MODEL) in out_dir."""
+def save_engine_model(out_dir: Path, seed: int, family: str = "qwen2_5_vl") -> None:
+    """The demo's processor and a random tiny model of the family (sizes MODEL) in out_dir."""
     from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
     from mmr1_mega.data.synthetic import synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
-    from mmr1_mega.trainer.demo import save_tiny_vl_model
+    from mmr1_mega.trainer.demo import PATCH_SIZE, save_tiny_vl_model
 
     processor = build_processor(
         str(out_dir),
         min_pixels=MIN_PIXELS,
         max_pixels=MAX_PIXELS,
+        patch_size=PATCH_SIZE[family],
         corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         vocab_size=320,
     )
-    model = save_tiny_vl_model(out_dir, processor.tokenizer, MODEL, seed)
+    # Qwen3-VL: head_dim 2 x hidden / heads (tiny_hf_config): 8 heads keep it at vLLM's CPU size 32
+    sizes = MODEL | ({"family": family, "num_heads": 8} if family == "qwen3_vl" else {})
+    model = save_tiny_vl_model(out_dir, processor.tokenizer, sizes, seed)
     with torch.no_grad():  # transformers leaves biases at zero and norms at one: make every weight random
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)

@@ -46,10 +46,15 @@ def _train_batch(prompts: list[dict], image_token_id: int) -> dict:
 @pytest.fixture(scope="module")
 def synced(served, tmp_path_factory):
     kind, engine, server_dir = served
-    root = tmp_path_factory.mktemp(f"sync-{kind}")
+    return sync_and_serve(kind, engine, server_dir, tmp_path_factory.mktemp(f"sync-{kind}"))
+
+
+def sync_and_serve(kind, engine, server_dir, root, family: str = "qwen2_5_vl") -> dict:
+    """Sync a TP2 and a PP2 actor (before and after an optimizer step) into the running engine; the engine's
+    greedy answers (tokens, log-probs) to text and image prompts per layout and version, rank 0's metrics."""
     actor = root / "actor"
     actor.mkdir()
-    save_engine_model(actor, seed=1)  # same shapes and tokenizer as the server's model, other weights
+    save_engine_model(actor, seed=1, family=family)  # the server model's shapes and tokenizer, other weights
     prompts = _prompts(_processor(actor))
     hf = _hf(actor)
     requests = [_request(p, temperature=0.0, max_new_tokens=NEW_TOKENS) for p in prompts]
