@@ -100,7 +100,9 @@ def test_dump_and_reload_round_trips(tmp_path):
     assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
-@pytest.mark.parametrize("name", ["qwen2_5_vl_3b.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_32b.yaml"])
+@pytest.mark.parametrize(
+    "name", ["qwen2_5_vl_3b.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_32b.yaml", "qwen3_vl_8b.yaml"]
+)
 def test_example_configs_load_with_paper_defaults(name):
     from pathlib import Path
 

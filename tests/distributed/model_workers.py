@@ -62,7 +62,9 @@ def _run(ddp, inputs, labels, mask, forward_only):
     )
 
 
-def logits_and_grads(hf_dir: str, batch: dict, labels: torch.Tensor, layouts: list[str]) -> dict:
+def logits_and_grads(
+    hf_dir: str, batch: dict, labels: torch.Tensor, layouts: list[str], recompute: bool = False
+) -> dict:
     """For each layout: full-vocab logits and loss (last stage) and HF-named grads (each stage).
 
     Only the first TP / DP rank of a stage reports, so the parent can merge the ranks' dicts.
@@ -73,7 +75,7 @@ def logits_and_grads(hf_dir: str, batch: dict, labels: torch.Tensor, layouts: li
     for name in layouts:
         tp, pp, sp = LAYOUTS[name]
         initialize_model_parallel(tp, pp, seed=1)
-        model, family = build_model(hf_config, sequence_parallel=sp)
+        model, family = build_model(hf_config, sequence_parallel=sp, recompute=recompute)
         table = family.weight_table(hf_config)
         load_hf_weights(model, hf_dir, table)
         ddp = DistributedDataParallel(

@@ -18,6 +18,8 @@ CASES = {
     "qwen2_5_vl-untied": dict(model_type="qwen2_5_vl", tie_word_embeddings=False),
     "qwen2_vl-tied": dict(model_type="qwen2_vl", tie_word_embeddings=True),
     "qwen3_vl-untied": dict(model_type="qwen3_vl", tie_word_embeddings=False),
+    # full activation recomputation re-runs each layer in backward: the DeepStack features must come along
+    "qwen3_vl-recompute": dict(model_type="qwen3_vl", tie_word_embeddings=False, recompute=True),
 }
 
 
@@ -33,7 +35,9 @@ def _merge(rank_results):
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tmp_path_factory):
     hf_dir = tmp_path_factory.mktemp(request.param)
-    hf = save_tiny_model(hf_dir, seed=7, **CASES[request.param])
+    kwargs = dict(CASES[request.param])
+    recompute = kwargs.pop("recompute", False)
+    hf = save_tiny_model(hf_dir, seed=7, **kwargs)
     batch = tiny_vl_batch(hf.config, seed=11)
     g = torch.Generator().manual_seed(3)
     labels = torch.randint(0, hf.config.text_config.vocab_size, batch["input_ids"].shape, generator=g)
@@ -45,13 +49,15 @@ def case(request, tmp_path_factory):
     loss.backward()
     loss = loss.detach()
     ref_grads = {canonical_name(n): p.grad.detach().clone() for n, p in hf.named_parameters()}
-    results = _merge(run_on_ranks(model_workers.logits_and_grads, 4, str(hf_dir), batch, labels, LAYOUTS))
+    results = _merge(
+        run_on_ranks(model_workers.logits_and_grads, 4, str(hf_dir), batch, labels, LAYOUTS, recompute)
+    )
     return dict(
         batch=batch,
         ref_logits=out.logits.detach(),
         ref_loss=loss.item(),
         ref_grads=ref_grads,
-        tied=CASES[request.param]["tie_word_embeddings"],
+        tied=kwargs["tie_word_embeddings"],
         bound=fp32_forward_bound(hf.config.text_config, batch["input_ids"].shape[1]),
         text_config=hf.config.text_config,
         seq_len=batch["input_ids"].shape[1],
