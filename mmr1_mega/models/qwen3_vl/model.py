@@ -20,7 +20,6 @@ What Qwen3-VL adds to Qwen2.5-VL's stage (models/qwen_vl/model.py), as transform
 from __future__ import annotations
 
 import torch
-from megatron.core import tensor_parallel
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from mmr1_mega.models.qwen3_vl.rotary import InterleavedMRoPE
@@ -74,37 +73,16 @@ class Qwen3VLModel(QwenVLModel):
     def embed(self, input_ids, pixel_values, image_grid_thw, image_mask=None):
         """Token embeddings with image features on the image tokens [s, b, h], and the DeepStack features
         as a dense [s, b, k, h] tensor (None without images); both scattered along the sequence with SP."""
-        embeddings = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h]
-        if image_mask is None:
-            image_mask = input_ids == self.image_token_id
-        n_placeholders = int(image_mask.sum())
+        embeddings, out, image_mask = self.embed_tokens_and_images(
+            input_ids, pixel_values, image_grid_thw, image_mask
+        )
         deepstack = None
-        if pixel_values is not None and pixel_values.numel() > 0:
-            pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
-            out = self.vision(pixel_values, grid_thw=image_grid_thw)
-            features = out.pooler_output
-            if features.shape[0] != n_placeholders:
-                raise ValueError(
-                    f"{n_placeholders} image placeholder tokens but the images give {features.shape[0]} "
-                    "features: expand each image into grid_t*grid_h*grid_w/merge**2 placeholders"
-                )
-            embeddings = embeddings.masked_scatter(image_mask.unsqueeze(-1), features.to(embeddings.dtype))
+        if out is not None:
             stacked = torch.stack(list(out.deepstack_features), dim=1).to(embeddings.dtype)  # [n, k, h]
             deepstack = embeddings.new_zeros(*input_ids.shape, *stacked.shape[1:])  # [b, s, k, h]
             deepstack[image_mask] = stacked
-            deepstack = deepstack.transpose(0, 1).contiguous()  # [s, b, k, h]
-        elif n_placeholders:
-            raise ValueError(f"{n_placeholders} image placeholder tokens but no pixel_values were given")
-        embeddings = embeddings.transpose(0, 1).contiguous()
-        if self.config.sequence_parallel:
-            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
-            if deepstack is not None:
-                s, b = deepstack.shape[:2]
-                flat = tensor_parallel.scatter_to_sequence_parallel_region(deepstack.view(s, b, -1))
-                deepstack = flat.view(flat.shape[0], b, *deepstack.shape[2:])
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                return self.language_model.embedding.embedding_dropout(embeddings), deepstack
-        return self.language_model.embedding.embedding_dropout(embeddings), deepstack
+            deepstack = self.sequence_first(deepstack)
+        return self.decoder_input(embeddings), deepstack
 
     def forward(
         self,

@@ -92,13 +92,21 @@ class QwenVLModel(MegatronModule):
         """Token embeddings with image features placed on the image placeholder tokens: [seq, batch, h].
 
         image_mask: where the image slots are (default: every image placeholder token id)."""
+        embeddings, _, _ = self.embed_tokens_and_images(input_ids, pixel_values, image_grid_thw, image_mask)
+        return self.decoder_input(embeddings)
+
+    def embed_tokens_and_images(self, input_ids, pixel_values, image_grid_thw, image_mask=None):
+        """Word embeddings [b, s, h] with the image features on the image slots; the vision tower's output
+        (None without images) and the image mask, for families that use more of the tower's output."""
         embeddings = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h], TP-reduced
         if image_mask is None:
             image_mask = input_ids == self.image_token_id
         n_placeholders = int(image_mask.sum())
+        out = None
         if pixel_values is not None and pixel_values.numel() > 0:
             pixel_values = pixel_values.to(next(self.vision.parameters()).dtype)
-            features = self.vision(pixel_values, grid_thw=image_grid_thw).pooler_output
+            out = self.vision(pixel_values, grid_thw=image_grid_thw)
+            features = out.pooler_output
             if features.shape[0] != n_placeholders:
                 raise ValueError(
                     f"{n_placeholders} image placeholder tokens but the images give {features.shape[0]} "
@@ -107,11 +115,23 @@ class QwenVLModel(MegatronModule):
             embeddings = embeddings.masked_scatter(image_mask.unsqueeze(-1), features.to(embeddings.dtype))
         elif n_placeholders:
             raise ValueError(f"{n_placeholders} image placeholder tokens but no pixel_values were given")
-        embeddings = embeddings.transpose(0, 1).contiguous()
+        return embeddings, out, image_mask
+
+    def sequence_first(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, s, ...] -> [s, b, ...], this rank's share of the sequence under sequence parallelism."""
+        x = x.transpose(0, 1).contiguous()
+        if not self.config.sequence_parallel:
+            return x
+        flat = tensor_parallel.scatter_to_sequence_parallel_region(x.view(*x.shape[:2], -1))
+        return flat.view(flat.shape[0], *x.shape[1:])
+
+    def decoder_input(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The decoder's input [s, b, h] from word + image embeddings [b, s, h] (embedding dropout)."""
+        embeddings = self.sequence_first(embeddings)
         if self.config.sequence_parallel:
-            embeddings = tensor_parallel.scatter_to_sequence_parallel_region(embeddings)
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 return self.language_model.embedding.embedding_dropout(embeddings)
+        return self.language_model.embedding.embedding_dropout(embeddings)
         return self.language_model.embedding.embedding_dropout(embeddings)
 
     def forward(
