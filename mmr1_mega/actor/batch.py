@@ -4,11 +4,12 @@ Layout (CPU tensors until a micro-batch is moved to the device):
 - input_ids [B, S]: prompt tokens then response tokens, then padding (pad id 0). Right padding needs no
   attention mask under causal attention.
 - attention_mask [B, S]: 1 on real tokens (prompt and response), 0 on padding.
-- image_mask [B, S]: True on the prompt's image placeholder tokens (a response may contain the placeholder
-  token id too: it is text there, not an image slot).
+- image_mask [B, S]: True on the prompt's image and video placeholder tokens (a response may contain a
+  placeholder token id too: it is text there, not a visual slot).
 - response_mask [B, S]: 1 on response tokens (the tokens the policy generated and is trained on).
 - position_ids [3, B, S]: mrope positions (models.qwen_vl.rope), 0 on padding.
-- pixel_values [P, D] and image_grid_thw [I, 3]: every sample's images, in sample order;
+- pixel_values [P, D] and image_grid_thw [I, 3]: every sample's visual items (images, videos, or for
+  Qwen3-VL video frames: models.qwen_vl.rope.visual_items), in sample and placeholder order;
   images_per_sample [B] says which belong to whom.
 - per sequence: rewards, group_ids, advantages [B]; per token: old_logp, ref_logp [B, S] (filled in later).
 Log-probabilities are aligned with the token they score: logp[b, t] = log p(input_ids[b, t] | tokens < t).
@@ -209,11 +210,15 @@ def build_batch(
     image_grid_thw: Sequence[torch.Tensor | None],
     image_token_id: int,
     spatial_merge_size: int,
+    video_token_id: int | None = None,
+    time_intervals: Sequence[torch.Tensor | None] | None = None,
 ) -> RolloutBatch:
-    """Assemble a RolloutBatch from per-sample prompt ids, response ids and images.
+    """Assemble a RolloutBatch from per-sample prompt ids, response ids and visual items.
 
-    pixel_values[i] / image_grid_thw[i] are sample i's images (None for a text-only prompt). A response may
-    be empty (then its sample trains on nothing).
+    pixel_values[i] / image_grid_thw[i] are sample i's visual items in placeholder order (None for a
+    text-only prompt); video placeholders (video_token_id) count as visual slots too; time_intervals[i]: the
+    items' rope temporal spacing (Qwen2.5-VL videos; default 1). A response may be empty (then its sample
+    trains on nothing).
     """
     n = len(prompt_ids)
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
@@ -229,10 +234,21 @@ def build_batch(
     grid = torch.cat(grids) if grids else None
     pix = [p for p in pixel_values if p is not None and len(p)]
     images_per_sample = torch.tensor([0 if g is None else len(g) for g in image_grid_thw], dtype=torch.long)
-    image_mask = (input_ids == image_token_id) & (response_mask == 0)
-    positions, _ = mrope_position_ids(input_ids, image_mask, grid, spatial_merge_size, attention)
+    types = (input_ids == image_token_id).long()
+    if video_token_id is not None:
+        types += 2 * (input_ids == video_token_id).long()
+    types *= response_mask == 0
+    intervals = None
+    if time_intervals is not None:
+        given = [
+            torch.ones(len(g)) if t is None else torch.as_tensor(t, dtype=torch.float64)
+            for g, t in zip(image_grid_thw, time_intervals)
+            if g is not None and len(g)
+        ]
+        intervals = torch.cat(given) if given else None
+    positions, _ = mrope_position_ids(input_ids, types, grid, spatial_merge_size, attention, intervals)
     return RolloutBatch(
-        image_mask=image_mask,
+        image_mask=types > 0,
         input_ids=input_ids,
         attention_mask=attention,
         response_mask=response_mask,
@@ -250,11 +266,18 @@ def build_sft_batch(
     image_grid_thw: Sequence[torch.Tensor | None],
     image_token_id: int,
     spatial_merge_size: int,
+    video_token_id: int | None = None,
 ) -> RolloutBatch:
     """A RolloutBatch for supervised fine-tuning: response_mask marks the trained (assistant) tokens,
     which may be several spans per conversation."""
     batch = build_batch(
-        input_ids, [[] for _ in input_ids], pixel_values, image_grid_thw, image_token_id, spatial_merge_size
+        input_ids,
+        [[] for _ in input_ids],
+        pixel_values,
+        image_grid_thw,
+        image_token_id,
+        spatial_merge_size,
+        video_token_id,
     )
     for i, mask in enumerate(label_masks):
         batch.response_mask[i, : len(mask)] = torch.tensor([int(bool(m)) for m in mask], dtype=torch.long)

@@ -129,12 +129,24 @@ def save_tiny_model(out_dir: str | os.PathLike, seed: int = 0, **config_kwargs):
     return model
 
 
-def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (1, 6, 4))) -> dict:
-    """A right-padded batch of three samples: text only; text + two images of different sizes + text;
-    one image + text. Random pixel values (already patchified, as the image processor returns them).
+def tiny_vl_batch(
+    hf_config,
+    seed: int = 0,
+    image_grids=((1, 4, 4), (1, 4, 6), (1, 6, 4)),
+    video_grids=(),
+    seconds_per_grid: float = 1.0,
+) -> dict:
+    """A right-padded batch: text only; text + two images of different sizes + text; one image + text; and,
+    for each of `video_grids`, text + that video + text. Random pixel values (already patchified, as the image
+    and video processors return them).
 
-    Returns input_ids, attention_mask, mm_token_type_ids [b, s], pixel_values [patches, C*T*P*P],
-    image_grid_thw [num_images, 3].
+    Videos are laid out as each family's processor writes them: Qwen2-VL / Qwen2.5-VL one run of
+    t*h*w/merge**2 video tokens between vision_start and vision_end; Qwen3-VL one run per frame, each after
+    its timestamp text (here two random text tokens standing in for "<0.5 seconds>"'s).
+
+    Returns input_ids, attention_mask, mm_token_type_ids (1 image, 2 video) [b, s], pixel_values
+    [patches, C*T*P*P], image_grid_thw [num_images, 3]; with videos also pixel_values_videos,
+    video_grid_thw [num_videos, 3] and, for Qwen2.5-VL, second_per_grid_ts [num_videos].
     """
     g = torch.Generator().manual_seed(seed)
     v = hf_config.vision_config
@@ -145,21 +157,27 @@ def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (
     def text(n):
         return torch.randint(reserved, text_vocab, (n,), generator=g).tolist()
 
+    def visual(token, n):
+        return [hf_config.vision_start_token_id] + [token] * n + [hf_config.vision_end_token_id]
+
     def image(grid):
-        n = grid[0] * grid[1] * grid[2] // merge**2
-        return (
-            [hf_config.vision_start_token_id]
-            + [hf_config.image_token_id] * n
-            + [hf_config.vision_end_token_id]
-        )
+        return visual(hf_config.image_token_id, grid[0] * grid[1] * grid[2] // merge**2)
+
+    def video(grid):
+        t, h, w = grid
+        if hf_config.model_type == "qwen3_vl":
+            return sum((text(2) + visual(hf_config.video_token_id, h * w // merge**2) for _ in range(t)), [])
+        return visual(hf_config.video_token_id, t * h * w // merge**2)
 
     grids = [list(x) for x in image_grids]
+    vgrids = [list(x) for x in video_grids]
     samples = [
         text(11),
         text(3) + image(grids[0]) + text(4) + image(grids[1]) + text(5),
         image(grids[2]) + text(7),
-    ]
+    ] + [text(2) + video(vg) + text(3) for vg in vgrids]
     seq = max(len(s) for s in samples)
+    seq += seq % 2  # even, so that sequence parallelism at TP2 can split it
     input_ids = torch.zeros(len(samples), seq, dtype=torch.long)
     attention_mask = torch.zeros(len(samples), seq, dtype=torch.long)
     for i, s in enumerate(samples):
@@ -167,30 +185,62 @@ def tiny_vl_batch(hf_config, seed: int = 0, image_grids=((1, 4, 4), (1, 4, 6), (
         attention_mask[i, : len(s)] = 1
     patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
     n_patches = sum(t * h * w for t, h, w in grids)
-    return {
+    types = (input_ids == hf_config.image_token_id).long() + 2 * (
+        input_ids == hf_config.video_token_id
+    ).long()
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "mm_token_type_ids": (input_ids == hf_config.image_token_id).long(),
+        "mm_token_type_ids": types * attention_mask,
         "pixel_values": torch.randn(n_patches, patch_dim, generator=g),
         "image_grid_thw": torch.tensor(grids, dtype=torch.long),
     }
+    if vgrids:
+        n_video = sum(t * h * w for t, h, w in vgrids)
+        batch["pixel_values_videos"] = torch.randn(n_video, patch_dim, generator=g)
+        batch["video_grid_thw"] = torch.tensor(vgrids, dtype=torch.long)
+        if hf_config.model_type == "qwen2_5_vl":
+            batch["second_per_grid_ts"] = torch.full((len(vgrids),), float(seconds_per_grid))
+    return batch
+
+
+def batch_visual_items(hf_config, batch: dict):
+    """A transformers-style batch's images and videos as the project's visual items (models.qwen_vl.rope):
+    Qwen3-VL videos one item per frame, Qwen2.5-VL videos with tokens_per_second * second_per_grid_t."""
+    from mmr1_mega.models.qwen_vl.rope import visual_items
+
+    intervals = None
+    if "second_per_grid_ts" in batch:
+        intervals = hf_config.vision_config.tokens_per_second * batch["second_per_grid_ts"]
+    return visual_items(
+        batch["mm_token_type_ids"],
+        batch["attention_mask"],
+        batch.get("pixel_values"),
+        batch.get("image_grid_thw"),
+        batch.get("pixel_values_videos"),
+        batch.get("video_grid_thw"),
+        split_video_frames=hf_config.model_type == "qwen3_vl",
+        video_time_intervals=intervals,
+    )
 
 
 def megatron_inputs(hf_config, batch: dict) -> dict:
     """The QwenVLModel forward arguments for a transformers-style batch (tiny_vl_batch's keys): token ids,
-    3-D mrope positions computed from the image grids, pixel values and grids."""
+    3-D mrope positions computed from the visual items, their pixel values and grids."""
     from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
 
+    items = batch_visual_items(hf_config, batch)
     pos, _ = mrope_position_ids(
         batch["input_ids"],
-        batch["input_ids"] == hf_config.image_token_id,
-        batch["image_grid_thw"],
+        batch["mm_token_type_ids"],
+        items.grid_thw,
         hf_config.vision_config.spatial_merge_size,
         batch["attention_mask"],
+        items.time_intervals,
     )
     return dict(
         input_ids=batch["input_ids"],
         position_ids=pos,
-        pixel_values=batch["pixel_values"],
-        image_grid_thw=batch["image_grid_thw"],
+        pixel_values=items.pixel_values,
+        image_grid_thw=items.grid_thw,
     )

@@ -14,6 +14,7 @@ from tests.tolerances import fp32_forward_bound
 pytestmark = pytest.mark.distributed
 
 LAYOUTS = list(model_workers.LAYOUTS)
+VIDEOS = ((3, 4, 4), (2, 6, 4))
 CASES = {
     "qwen2_5_vl-untied": dict(model_type="qwen2_5_vl", tie_word_embeddings=False),
     "qwen2_vl-tied": dict(model_type="qwen2_vl", tie_word_embeddings=True),
@@ -38,7 +39,9 @@ def case(request, tmp_path_factory):
     kwargs = dict(CASES[request.param])
     recompute = kwargs.pop("recompute", False)
     hf = save_tiny_model(hf_dir, seed=7, **kwargs)
-    batch = tiny_vl_batch(hf.config, seed=11)
+    # text-only, one-image, two-image and two video samples (Qwen3-VL: per-frame runs after timestamp text;
+    # Qwen2.5-VL: second_per_grid_ts 0.5 spaces the temporal positions)
+    batch = tiny_vl_batch(hf.config, seed=11, video_grids=VIDEOS, seconds_per_grid=0.5)
     g = torch.Generator().manual_seed(3)
     labels = torch.randint(0, hf.config.text_config.vocab_size, batch["input_ids"].shape, generator=g)
     # reference: transformers, fp32

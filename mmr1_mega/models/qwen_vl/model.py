@@ -40,6 +40,7 @@ class QwenVLModel(MegatronModule):
         text = hf_config.text_config
         self.pre_process, self.post_process = pre_process, post_process
         self.image_token_id = hf_config.image_token_id
+        self.video_token_id = getattr(hf_config, "video_token_id", None)
         self.spatial_merge_size = hf_config.vision_config.spatial_merge_size
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if pre_process:
@@ -89,18 +90,22 @@ class QwenVLModel(MegatronModule):
         image_grid_thw: torch.Tensor | None,
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with image features placed on the image placeholder tokens: [seq, batch, h].
+        """Token embeddings with image / video features placed on their placeholder tokens: [seq, batch, h].
 
-        image_mask: where the image slots are (default: every image placeholder token id)."""
+        pixel_values / image_grid_thw: the visual items (images, videos or video frames) in placeholder order
+        (models.qwen_vl.rope.visual_items). image_mask: where their slots are (default: every image or video
+        placeholder token id)."""
         embeddings, _, _ = self.embed_tokens_and_images(input_ids, pixel_values, image_grid_thw, image_mask)
         return self.decoder_input(embeddings)
 
     def embed_tokens_and_images(self, input_ids, pixel_values, image_grid_thw, image_mask=None):
-        """Word embeddings [b, s, h] with the image features on the image slots; the vision tower's output
-        (None without images) and the image mask, for families that use more of the tower's output."""
+        """Word embeddings [b, s, h] with the visual items' features on their slots; the vision tower's output
+        (None without visual inputs) and the slot mask, for families that use more of the tower's output."""
         embeddings = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h], TP-reduced
         if image_mask is None:
             image_mask = input_ids == self.image_token_id
+            if self.video_token_id is not None:
+                image_mask = image_mask | (input_ids == self.video_token_id)
         n_placeholders = int(image_mask.sum())
         out = None
         if pixel_values is not None and pixel_values.numel() > 0:
@@ -109,12 +114,15 @@ class QwenVLModel(MegatronModule):
             features = out.pooler_output
             if features.shape[0] != n_placeholders:
                 raise ValueError(
-                    f"{n_placeholders} image placeholder tokens but the images give {features.shape[0]} "
-                    "features: expand each image into grid_t*grid_h*grid_w/merge**2 placeholders"
+                    f"{n_placeholders} image / video placeholder tokens but the visual inputs give "
+                    f"{features.shape[0]} features: expand each image or video into grid_t*grid_h*grid_w/merge**2 "
+                    "placeholders"
                 )
             embeddings = embeddings.masked_scatter(image_mask.unsqueeze(-1), features.to(embeddings.dtype))
         elif n_placeholders:
-            raise ValueError(f"{n_placeholders} image placeholder tokens but no pixel_values were given")
+            raise ValueError(
+                f"{n_placeholders} image / video placeholder tokens but no pixel_values were given"
+            )
         return embeddings, out, image_mask
 
     def sequence_first(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +139,6 @@ class QwenVLModel(MegatronModule):
         if self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 return self.language_model.embedding.embedding_dropout(embeddings)
-        return self.language_model.embedding.embedding_dropout(embeddings)
         return self.language_model.embedding.embedding_dropout(embeddings)
 
     def forward(
