@@ -183,7 +183,8 @@ def test_the_token_budget_must_hold_the_longest_sequence_a_step_can_make():
 
 
 def test_the_demo_model_family_is_checked_and_sets_the_patch_size():
-    from mmr1_mega.trainer.demo import PATCH_SIZE, model_family
+    from mmr1_mega.models.presets import PATCH_SIZE
+    from mmr1_mega.trainer.demo import model_family
 
     assert model_family({}) == "qwen2_5_vl" and PATCH_SIZE[model_family({"family": "qwen3_vl"})] == 16
     with pytest.raises(ValueError, match="model.family 'llava' unknown"):

@@ -28,6 +28,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from mmr1_mega.models.presets import PATCH_SIZE
+
 CELL = 28  # default pixels per grid cell = one merged Qwen-VL token (patch 14 x merge 2): a shape never straddles two
 COLORS = {"red": (220, 40, 40), "green": (30, 160, 60), "blue": (40, 70, 220), "yellow": (230, 190, 20)}
 BACKGROUND = (255, 255, 255)
@@ -247,9 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--teacher-error", type=float, default=0.0, help="weak-teacher error rate of the SFT answers"
     )
-    parser.add_argument("--cell", type=int, default=CELL, help="pixels per grid cell (28 = one merged token)")
+    parser.add_argument(
+        "--family",
+        default="qwen2_5_vl",
+        choices=sorted(PATCH_SIZE),
+        help="the model family the processor is for: its patch size, and the default cell (one merged token)",
+    )
+    parser.add_argument(
+        "--cell", type=int, default=None, help="pixels per grid cell (default: one merged token, 2 x patch)"
+    )
     parser.add_argument("--processor-dir", default=None, help="also build the small demo processor here")
     args = parser.parse_args(argv)
+    patch = PATCH_SIZE[args.family]
     cfg = SyntheticConfig(
         seed=args.seed,
         num_train=args.num_train,
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         num_sft=args.num_sft,
         levels=tuple(args.levels),
         sft_levels=tuple(args.sft_levels) if args.sft_levels else None,
-        cell=args.cell,
+        cell=2 * patch if args.cell is None else args.cell,
         teacher_error=args.teacher_error,
     )
     paths = generate(args.out, cfg)
@@ -270,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             args.processor_dir,
             smallest**2,
             largest**2,
+            patch_size=patch,
             corpus=synthetic_corpus() + [DEFAULT_SYSTEM_PROMPT],
         )
         paths["processor"] = args.processor_dir

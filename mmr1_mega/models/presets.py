@@ -76,3 +76,8 @@ def qwen2_5_vl_config(size: str, num_layers: int | None = None, vision_depth: in
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
     cfg.tie_word_embeddings = tied
     return cfg
+
+
+# each family's vision patch size (its processor's and its vision tower's): one merged token covers
+# patch * merge pixels per side (the synthetic task's natural grid cell)
+PATCH_SIZE = {"qwen2_5_vl": 14, "qwen2_vl": 14, "qwen3_vl": 16}

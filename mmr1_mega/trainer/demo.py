@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmr1_mega.models.presets import PATCH_SIZE
+
 # shipped inside the package (examples/demo_cpu.yaml links to it), so an installed mmr1-mega runs the demo
 DEMO_CONFIG = Path(__file__).resolve().with_name("demo_cpu.yaml")
 
@@ -74,8 +76,7 @@ def save_tiny_vl_model(model_dir, tok, m: dict, seed: int):
     return save_random_model(model_dir, tok, tiny_model_config(tok, m), seed)
 
 
-# the demo model's family (its YAML's model.family) and that family's vision patch size
-PATCH_SIZE = {"qwen2_5_vl": 14, "qwen2_vl": 14, "qwen3_vl": 16}
+# the demo model's family (its YAML's model.family) sets the vision patch size
 
 
 def model_family(m: dict) -> str:

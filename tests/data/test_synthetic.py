@@ -181,3 +181,26 @@ def test_demo_synthetic_section_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown synthetic keys"):
         synthetic_config({"synthetic": {**base, "max_pixels": 7056, "teacher_eror": 0.5}}, 0)
     assert synthetic_config({"synthetic": {**base, "max_pixels": 7056}}, 0).levels == (1, 3)
+
+
+@pytest.mark.parametrize("family,patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
+def test_data_synth_builds_the_family_processor_one_merged_token_per_cell(tmp_path, capsys, family, patch):
+    from PIL import Image
+
+    from mmr1_mega.data.synthetic import main
+    from mmr1_mega.data.tokenizer import load_processor
+
+    out, proc_dir = tmp_path / "data", tmp_path / "proc"
+    args = ["--out", str(out), "--num-train", "4", "--num-val", "2", "--num-sft", "2", "--levels", "1", "3"]
+    assert main([*args, "--family", family, "--processor-dir", str(proc_dir)]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    processor = load_processor(str(proc_dir))
+    assert processor.image_processor.patch_size == patch
+    rows = [json.loads(line) for line in open(paths["train"])]
+    assert len(rows) == 4
+    for row in rows:
+        image = Image.open(os.path.join(os.path.dirname(paths["train"]), row["images"][0])).convert("RGB")
+        assert image.size[0] % (2 * patch) == 0  # the default cell is one merged token
+        grid = processor.image_processor(images=[image])["image_grid_thw"][0].tolist()
+        cells = image.size[0] // (2 * patch)
+        assert grid == [1, 2 * cells, 2 * cells]  # each cell is exactly one merged token, unresized

@@ -52,7 +52,8 @@ def save_engine_model(out_dir: Path, seed: int, family: str = "qwen2_5_vl") -> N
     from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
     from mmr1_mega.data.synthetic import synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
-    from mmr1_mega.trainer.demo import PATCH_SIZE, save_tiny_vl_model
+    from mmr1_mega.models.presets import PATCH_SIZE
+    from mmr1_mega.trainer.demo import save_tiny_vl_model
 
     processor = build_processor(
         str(out_dir),

@@ -1,6 +1,7 @@
-"""Qwen3-VL into a real vLLM 0.32 CPU server: weight sync from TP=2 and PP=2 actors (before and after an
-optimizer step; names as Qwen3-VL checkpoints have them, which vLLM's Qwen3-VL loader maps), then the
-engine's greedy continuations and log-probs equal transformers on the actor's export, text and image prompts."""
+"""Qwen3-VL into a real vLLM 0.32 and a real SGLang 0.5.23 CPU server: weight sync from TP=2 and PP=2 actors
+(before and after an optimizer step; names as Qwen3-VL checkpoints have them, which both engines' Qwen3-VL
+loaders map), then the engine's greedy continuations and log-probs equal transformers on the actor's export,
+text and image prompts."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from tests.engines.test_sync_real_engines import LAYOUTS, NEW_TOKENS, sync_and_s
 pytestmark = [pytest.mark.engine, pytest.mark.distributed]
 
 
-@pytest.fixture(scope="module")
-def synced(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qwen3-vl-vllm-model")
+@pytest.fixture(scope="module", params=["vllm", "sglang"])
+def synced(request, tmp_path_factory):
+    kind = request.param
+    d = tmp_path_factory.mktemp(f"qwen3-vl-{kind}-model")
     save_engine_model(d, seed=0, family="qwen3_vl")
-    engine = make_engine("vllm", [make_server("vllm", d, d)]).launch()
+    engine = make_engine(kind, [make_server(kind, d, d)]).launch()
     try:
-        yield sync_and_serve("vllm", engine, d, tmp_path_factory.mktemp("sync-qwen3"), family="qwen3_vl")
+        yield sync_and_serve(
+            kind, engine, d, tmp_path_factory.mktemp(f"sync-qwen3-{kind}"), family="qwen3_vl"
+        )
     finally:
         engine.shutdown()
 
