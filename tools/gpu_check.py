@@ -86,23 +86,30 @@ def check_logits(dry: bool) -> dict:
     initialize_model_parallel(1, 1)
     dev = device()
     cases = {}
-    sizes = ["tiny"] if dry else ["tiny", "3b"]
+    sizes = ["tiny", "tiny-qwen3"] if dry else ["tiny", "tiny-qwen3", "3b"]
     for size in sizes:
         with tempfile.TemporaryDirectory() as d:
             if size == "tiny":
                 hf = save_tiny_model(d, seed=1)
+            elif size == "tiny-qwen3":  # DeepStack, interleaved mrope, and a video (per-frame runs)
+                hf = save_tiny_model(d, seed=1, model_type="qwen3_vl")
             else:
                 cfg = qwen2_5_vl_config("3b", num_layers=2, vision_depth=4)
                 torch.manual_seed(1)
                 hf = get_family(cfg.model_type).hf_class()(cfg)
                 hf.save_pretrained(d)
             hf_config = AutoConfig.from_pretrained(d)
-            batch = tiny_vl_batch(hf_config, seed=2, image_grids=((1, 8, 8), (1, 8, 12), (1, 12, 8)))
+            videos = ((2, 8, 8),) if size == "tiny-qwen3" else ()
+            batch = tiny_vl_batch(
+                hf_config, seed=2, image_grids=((1, 8, 8), (1, 8, 12), (1, 12, 8)), video_grids=videos
+            )
             for dtype in ("fp32", "bf16"):
                 torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
                 ref_model = hf.to(dev, torch_dtype).eval()
                 inputs = {k: v.to(dev) for k, v in batch.items()}
-                inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+                for k in ("pixel_values", "pixel_values_videos"):
+                    if k in inputs:
+                        inputs[k] = inputs[k].to(torch_dtype)
                 with torch.no_grad():
                     ref = ref_model(**inputs).logits.float()
                 model, family = build_model(hf_config, dtype=dtype)
