@@ -80,3 +80,23 @@ def fp32_forward_bound(text_config, seq_len: int, extra_terms: int = 0) -> float
     n = text_config.num_hidden_layers * per_layer + 2 * h + extra_terms
     u = FP32_EPS / 2
     return 2 * n * u / (1 - n * u)
+
+
+def fp32_advantage_bound(rewards, group_ids, want, unbiased, norm_by_std, eps: float = 1e-6) -> torch.Tensor:
+    """Per-sequence rounding bound of the fp32 advantage a = d / s, d = r - mean, s = std + eps, from a group
+    of n: d carries at most (n + 2) u max|r| (the mean's n-term sum, the subtraction), s a relative
+    (n + 4) u (the squares' sum, the division, the sqrt, + eps); so |da| <= (n + 2) u max|r| / s + |a| (n + 4) u,
+    plus half an ulp for the result; doubled for slack. u = 2**-24 (fp32 unit roundoff)."""
+    u = 2.0**-24
+    bound = torch.zeros_like(want)
+    for g in group_ids.unique():
+        idx = group_ids == g
+        r = rewards[idx].double()
+        n = int(idx.sum())
+        scale = r.abs().max()
+        if n == 1 or not norm_by_std:
+            s = torch.tensor(1.0, dtype=torch.float64)
+        else:
+            s = r.std(unbiased=unbiased) + eps
+        bound[idx] = 2 * ((n + 2) * u * scale / s + want[idx].abs() * (n + 5) * u)
+    return bound

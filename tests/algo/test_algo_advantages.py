@@ -6,6 +6,7 @@ import torch
 from mmr1_mega.algo import GRPOLossConfig, compute_advantages, reward_metrics
 from mmr1_mega.algo.advantages import dense_group_index
 from tests.algo.algo_fp64_reference import fp64_advantages
+from tests.tolerances import fp32_advantage_bound
 
 
 def _shuffled_groups(sizes, seed):
@@ -23,28 +24,8 @@ def test_advantages_match_fp64_per_group_formula_for_shuffled_uneven_groups(unbi
     got = compute_advantages(rewards, group_ids, cfg)
     want = torch.tensor(fp64_advantages(rewards, group_ids, unbiased=unbiased, norm_by_std=norm_by_std))
     diff = (got.double() - want).abs()
-    bound = _fp32_advantage_bound(rewards, group_ids, want, unbiased, norm_by_std)
+    bound = fp32_advantage_bound(rewards, group_ids, want, unbiased, norm_by_std)
     assert (diff <= bound).all(), f"max excess {(diff - bound).max().item():.3g}"
-
-
-def _fp32_advantage_bound(rewards, group_ids, want, unbiased, norm_by_std):
-    """Per-sequence rounding bound of the fp32 advantage a = d / s, d = r - mean, s = std + eps, from a group
-    of n: d carries at most (n + 2) u max|r| (the mean's n-term sum, the subtraction), s a relative
-    (n + 4) u (the squares' sum, the division, the sqrt, + eps); so |da| <= (n + 2) u max|r| / s + |a| (n + 4) u,
-    plus half an ulp for the result; doubled for slack. u = 2**-24 (fp32 unit roundoff)."""
-    u = 2.0**-24
-    bound = torch.zeros_like(want)
-    for g in group_ids.unique():
-        idx = group_ids == g
-        r = rewards[idx].double()
-        n = int(idx.sum())
-        scale = r.abs().max()
-        if n == 1 or not norm_by_std:
-            s = torch.tensor(1.0, dtype=torch.float64)
-        else:
-            s = r.std(unbiased=unbiased) + 1e-6
-        bound[idx] = 2 * ((n + 2) * u * scale / s + want[idx].abs() * (n + 5) * u)
-    return bound
 
 
 def test_advantages_are_exactly_zero_for_single_member_and_all_equal_groups():
