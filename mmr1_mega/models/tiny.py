@@ -224,13 +224,12 @@ def batch_visual_items(hf_config, batch: dict):
     )
 
 
-def megatron_inputs(hf_config, batch: dict) -> dict:
-    """The QwenVLModel forward arguments for a transformers-style batch (tiny_vl_batch's keys): token ids,
-    3-D mrope positions computed from the visual items, their pixel values and grids."""
+def batch_positions(hf_config, batch: dict, items=None):
+    """3-D mrope positions and rope deltas of a transformers-style batch, from its visual items."""
     from mmr1_mega.models.qwen_vl.rope import mrope_position_ids
 
-    items = batch_visual_items(hf_config, batch)
-    pos, _ = mrope_position_ids(
+    items = batch_visual_items(hf_config, batch) if items is None else items
+    return mrope_position_ids(
         batch["input_ids"],
         batch["mm_token_type_ids"],
         items.grid_thw,
@@ -238,6 +237,13 @@ def megatron_inputs(hf_config, batch: dict) -> dict:
         batch["attention_mask"],
         items.time_intervals,
     )
+
+
+def megatron_inputs(hf_config, batch: dict) -> dict:
+    """The QwenVLModel forward arguments for a transformers-style batch (tiny_vl_batch's keys): token ids,
+    3-D mrope positions computed from the visual items, their pixel values and grids."""
+    items = batch_visual_items(hf_config, batch)
+    pos, _ = batch_positions(hf_config, batch, items)
     return dict(
         input_ids=batch["input_ids"],
         position_ids=pos,

@@ -7,7 +7,7 @@ import torch
 
 from mmr1_mega.models.qwen_vl.rope import mrope_position_ids, visual_items
 from mmr1_mega.models.registry import get_family
-from mmr1_mega.models.tiny import batch_visual_items, tiny_hf_config, tiny_vl_batch
+from mmr1_mega.models.tiny import batch_positions, batch_visual_items, tiny_hf_config, tiny_vl_batch
 
 VIDEOS = ((3, 4, 4), (2, 6, 4))
 
@@ -29,15 +29,7 @@ def test_positions_equal_transformers_with_images_and_videos(family_model, secon
     ref_pos, ref_deltas = family_model.model.get_rope_index(
         batch["input_ids"], batch["mm_token_type_ids"], attention_mask=batch["attention_mask"], **ref_kwargs
     )
-    items = batch_visual_items(cfg, batch)
-    pos, deltas = mrope_position_ids(
-        batch["input_ids"],
-        batch["mm_token_type_ids"],
-        items.grid_thw,
-        cfg.vision_config.spatial_merge_size,
-        batch["attention_mask"],
-        items.time_intervals,
-    )
+    pos, deltas = batch_positions(cfg, batch)
     mask = batch["attention_mask"].bool()
     assert torch.equal(pos[:, mask], ref_pos[:, mask])
     assert torch.equal(deltas, ref_deltas.view(-1))
