@@ -143,6 +143,18 @@ class RolloutConfig:
     router_launcher: list[str] = field(default_factory=list)
     router_policy: str = "cache_aware"
     router_args: list[str] = field(default_factory=list)
+    # the engines' weights: "bf16" serves the actor's own dtype (model.dtype) unquantized; "fp8" serves FP8
+    # (e4m3) decoder linears, quantized by nvidia-modelopt at every weight sync (mmr1_mega/quant/fp8.py); the
+    # engines then compute in bf16 (fp16 with an fp16 actor)
+    weight_dtype: str = "bf16"
+    # fp8: "block" (128 x 128 scales, dynamic activations: vLLM and SGLang on GPUs) or "modelopt" (per-tensor
+    # scales, static calibrated activation scales: vLLM, also its CPU build; SGLang cannot update it)
+    fp8_format: str = "block"
+    # fp8: the FP8 HF checkpoint the engines start from (e.g. `mmr1-mega convert mcore-to-hf --quantize fp8`);
+    # empty: written from model.hf_path into train.output_dir/engine-fp8 at start (modelopt: calibrated on
+    # fp8_calib_prompts training prompts)
+    fp8_checkpoint: str = ""
+    fp8_calib_prompts: int = 64
 
     def validate(self) -> None:
         if self.engine not in ("local", "sglang", "vllm"):
@@ -170,6 +182,17 @@ class RolloutConfig:
             raise ConfigError(
                 "rollout.weight_transfer=ipc needs rollout.colocate=true (the servers on the actor's GPUs)"
             )
+        if self.weight_dtype not in ("bf16", "fp8"):
+            raise ConfigError(f"rollout.weight_dtype must be bf16 or fp8, got {self.weight_dtype!r}")
+        if self.fp8_format not in ("block", "modelopt"):
+            raise ConfigError(f"rollout.fp8_format must be block or modelopt, got {self.fp8_format!r}")
+        if self.weight_dtype == "fp8" and self.engine == "sglang" and self.fp8_format != "block":
+            raise ConfigError(
+                "rollout.fp8_format=modelopt: SGLang 0.5.23 loads it but re-creates its layers after loading, so "
+                "weight updates do not reach them; use fp8_format=block with SGLang (or rollout.engine=vllm)"
+            )
+        if self.fp8_calib_prompts < 1:
+            raise ConfigError(f"rollout.fp8_calib_prompts must be >= 1, got {self.fp8_calib_prompts}")
         if self.n_samples < 2:
             raise ConfigError("rollout.n_samples must be >= 2: GRPO normalises rewards within a group")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -400,6 +423,13 @@ class Config:
             check_layout(hf_config, p.tensor_parallel, p.pipeline_parallel, p.sequence_parallel)
         except ValueError as e:
             raise ConfigError(f"parallel: {e}") from None
+        if self.rollout.weight_dtype == "fp8" and self.rollout.fp8_format == "block":
+            from mmr1_mega.quant.fp8 import FP8Error, check_block_shapes, decoder_linear_shapes
+
+            try:
+                check_block_shapes(decoder_linear_shapes(hf_config), self.rollout.engine_tensor_parallel)
+            except FP8Error as e:
+                raise ConfigError(f"rollout.fp8_format=block: {e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

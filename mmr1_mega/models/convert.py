@@ -2,6 +2,8 @@
 
     mmr1-mega convert hf-to-mcore --hf-dir Qwen2.5-VL-7B --out ckpt/ --tp 2 --pp 2
     mmr1-mega convert mcore-to-hf --ckpt ckpt/ --out Qwen2.5-VL-7B-rl/ [--dtype bf16]
+    mmr1-mega convert mcore-to-hf --ckpt ckpt/ --out Qwen2.5-VL-7B-fp8/ --dtype bf16 --quantize fp8 \
+        --calib-data train.jsonl                   # FP8 for vLLM / SGLang (quant/fp8.py; modelopt's format)
 
 Started plainly, the converter forks TP*PP local ranks (gloo on CPU); under torchrun it uses the ranks it
 is given (nccl on GPU).
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +87,52 @@ def _check_hf_dir(hf_dir: str, tp: int, pp: int) -> None:
     check_layout(cfg, tp, pp, False)
 
 
+def _parent(out: str) -> str:
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
+
+
+def _check_quantize(args, assets: str) -> None:
+    """Fail before any rank starts: modelopt missing, no calibration data, shapes block FP8 cannot hold."""
+    import os
+
+    from transformers import AutoConfig
+
+    from mmr1_mega.quant import fp8
+
+    fp8.modelopt_fp8()
+    if args.fp8_format == "modelopt":
+        if not args.calib_data:
+            raise ValueError(
+                "--fp8-format modelopt needs --calib-data (RL data files): its static activation scales are "
+                "calibrated on their prompts; or use --fp8-format block (dynamic activations)"
+            )
+        missing = [f for f in args.calib_data if not f.startswith("hf:") and not os.path.exists(f)]
+        if missing:
+            raise ValueError(f"--calib-data files do not exist: {missing}")
+        if args.calib_prompts < 1:
+            raise ValueError("--calib-prompts must be >= 1")
+    else:
+        fp8.check_block_shapes(fp8.decoder_linear_shapes(AutoConfig.from_pretrained(assets)))
+
+
+def _quantize(hf_dir: str, args) -> None:
+    """The exported HF directory -> the FP8 checkpoint at args.out (calibrated on --calib-data)."""
+    from mmr1_mega.quant import fp8
+
+    dataset = None
+    if args.fp8_format == "modelopt":
+        from mmr1_mega.data.config import DataConfig
+        from mmr1_mega.data.rl_dataset import RLDataset
+        from mmr1_mega.data.tokenizer import load_processor
+
+        data = DataConfig()
+        processor = load_processor(hf_dir, data.min_pixels, data.max_pixels)
+        dataset = RLDataset(args.calib_data, data, processor, name="fp8 calibration")
+    fp8.prepare_engine_checkpoint(hf_dir, args.out, args.fp8_format, dataset, args.calib_prompts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `mmr1-mega convert`; returns a process exit code."""
     parser = argparse.ArgumentParser(prog="mmr1-mega convert", description=__doc__.split("\n\n")[0])
@@ -100,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--pp", type=int, default=1)
     b.add_argument("--dtype", choices=DTYPES, default=None, help="cast the exported weights")
     b.add_argument("--max-shard-mb", type=float, default=4096)
+    b.add_argument(
+        "--quantize",
+        choices=("fp8",),
+        default=None,
+        help="write FP8 (e4m3) decoder linears with nvidia-modelopt for vLLM / SGLang (the rest in --dtype)",
+    )
+    b.add_argument(
+        "--fp8-format",
+        choices=("modelopt", "block"),
+        default="modelopt",
+        help="modelopt: its HF export format (per-tensor scales, static activation scales calibrated on "
+        "--calib-data); block: 128x128 scales, dynamic activations (DeepSeek-style `fp8`)",
+    )
+    b.add_argument(
+        "--calib-data", nargs="+", default=[], help="RL data files whose prompts calibrate (modelopt)"
+    )
+    b.add_argument("--calib-prompts", type=int, default=64)
     args = parser.parse_args(argv)
 
     from mmr1_mega.distributed.cpu import disable_dynamo_without_cuda
@@ -117,17 +184,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from mmr1_mega.models.checkpoint import check_model_checkpoint
 
-            check_model_checkpoint(args.ckpt)
-            run_on_ranks(
-                _mcore_to_hf_rank,
-                args.tp * args.pp,
-                args.ckpt,
-                args.out,
-                args.tp,
-                args.pp,
-                args.dtype,
-                args.max_shard_mb,
+            assets = check_model_checkpoint(args.ckpt)
+            if args.quantize:
+                _check_quantize(args, assets)
+            export_dir = (
+                args.out
+                if not args.quantize
+                else tempfile.mkdtemp(prefix=".hf-export-", dir=_parent(args.out))
             )
+            try:
+                run_on_ranks(
+                    _mcore_to_hf_rank,
+                    args.tp * args.pp,
+                    args.ckpt,
+                    export_dir,
+                    args.tp,
+                    args.pp,
+                    args.dtype,
+                    args.max_shard_mb,
+                )
+                if args.quantize:
+                    _quantize(export_dir, args)
+            finally:
+                if args.quantize:
+                    shutil.rmtree(export_dir, ignore_errors=True)
     except (CheckpointError, ValueError) as e:
         print(f"mmr1-mega convert: error: {e}", file=sys.stderr)
         return 2

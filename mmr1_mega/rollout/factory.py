@@ -28,10 +28,12 @@ def make_engine(
     Raises EngineError when the engine cannot start (e.g. the engine not installed and no server_launcher, a model vLLM cannot serve on this device, a server not healthy within
     cfg.server_timeout_s).
     """
+    fp8 = cfg.fp8_format if cfg.weight_dtype == "fp8" else None
     if cfg.engine == "local":
         from mmr1_mega.rollout.local import LocalEngine
 
-        return LocalEngine(model_path, device=device, dtype=dtype)
+        return LocalEngine(model_path, device=device, dtype=dtype, fp8=fp8)
+    check_fp8_servable(cfg.engine, fp8, device)
     if cfg.engine not in ("sglang", "vllm"):
         raise EngineError(f"rollout.engine={cfg.engine!r}: use local, sglang or vllm")
     import importlib.util
@@ -120,6 +122,30 @@ def make_engine(
         router=make_router(cfg) if (cfg.router if router is None else router) else None,
     )
     return engine.launch()
+
+
+def check_fp8_servable(engine: str, fp8: str | None, device: str) -> None:
+    """Raise EngineError before launch for FP8 weights an engine cannot serve on this device (probed with
+    vLLM 0.32 and SGLang 0.5.23 CPU builds: docs/design/fp8_rollout.md)."""
+    if fp8 is None or device != "cpu" or cpu_has_amx():
+        return
+    if engine == "sglang":
+        raise EngineError(
+            "SGLang's CPU build runs no FP8 layer (its FP8 kernels need AMX): serve bf16 on CPU, FP8 on GPUs"
+        )
+    if fp8 == "block":
+        raise EngineError(
+            "vLLM's CPU build has no block FP8 kernels (they need AMX): use rollout.fp8_format=modelopt on CPU"
+        )
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (the engines' CPU FP8 kernels need them), by /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def make_router(cfg):

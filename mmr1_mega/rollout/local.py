@@ -60,9 +60,16 @@ class LocalEngine:
     Takes an HF directory (config + safetensors, optionally tokenizer / processor files), a device and a
     dtype ("fp32" | "bf16" | "fp16" | torch.dtype; None keeps the checkpoint's). Raises EngineError when
     the directory cannot be loaded.
+
+    fp8 ("block" | "modelopt"): a STAND-IN for an FP8 engine, for CPU tests and demos. Weight updates must
+    then carry exactly what an FP8 engine loads (quant/fp8.py `expected_tensors`: e4m3 decoder linears and
+    their scales, checked as the real loaders would); the engine keeps those tensors (its checksums report
+    them) and computes with their dequantized values in `dtype`. It models the weights' FP8 rounding only:
+    a real FP8 engine also quantizes activations (per token group for block, by the static input scale for
+    modelopt) and runs FP8 GEMMs.
     """
 
-    def __init__(self, hf_dir: str | os.PathLike, device: str = "cpu", dtype="fp32"):
+    def __init__(self, hf_dir: str | os.PathLike, device: str = "cpu", dtype="fp32", fp8: str | None = None):
         from transformers import AutoModelForImageTextToText
 
         self.hf_dir, self.device = Path(hf_dir), torch.device(device)
@@ -80,6 +87,14 @@ class LocalEngine:
         pad = self.model.generation_config.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.eos_token_ids or [0])[0]
         self._alive = True
+        if fp8 is not None:
+            from mmr1_mega.quant.fp8 import FORMATS
+
+            if fp8 not in FORMATS:
+                raise EngineError(f"local engine: fp8 must be one of {FORMATS} or None, got {fp8!r}")
+        self.fp8 = fp8
+        self._fp8_tensors: dict[str, torch.Tensor] = {}  # what FP8 updates delivered, by HF on-disk name
+        self._fp8_pending: dict[str, dict[str, torch.Tensor]] = {}  # module -> parts received so far
 
     # ---- weights -------------------------------------------------------------------------------------
 
@@ -92,8 +107,15 @@ class LocalEngine:
         return {n: p.detach().clone() for n, p in self._params.items()}
 
     def weight_checksums(self) -> dict[str, str]:
-        """tensor_checksum of every parameter, by HF on-disk name."""
-        return {n: tensor_checksum(p) for n, p in self._params.items()}
+        """tensor_checksum of every parameter, by HF on-disk name; with fp8, of the FP8 weights and scales
+        the updates delivered in place of the decoder linears' parameters."""
+        sums = {n: tensor_checksum(p) for n, p in self._params.items()}
+        if self.fp8 is not None:
+            from mmr1_mega.quant.fp8 import quantized_weight
+
+            sums = {n: v for n, v in sums.items() if not quantized_weight(n) or n not in self._fp8_tensors}
+            sums.update({n: tensor_checksum(t) for n, t in self._fp8_tensors.items()})
+        return sums
 
     def begin_update(self) -> None:
         """Nothing to pause: generation and updates run in the same thread."""
@@ -106,6 +128,8 @@ class LocalEngine:
         """
         self._check_alive()
         bucket = [(canonical_name(name), tensor) for name, tensor in bucket]  # released or on-disk names
+        if self.fp8 is not None:
+            bucket = self._fp8_parts(bucket)
         for name, tensor in bucket:
             if name not in self._params:
                 raise EngineError(
@@ -121,8 +145,57 @@ class LocalEngine:
             for name, tensor in bucket:
                 self._params[name].copy_(tensor)
 
+    def _fp8_parts(self, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        """An FP8 update's bucket: every FP8 weight and scale checked against what the format's loader takes
+        (names, dtypes, shapes) and held until its module is complete (a bucket may end between a weight and
+        its scales); returns the bucket's high-precision tensors plus each completed module's dequantized
+        weight. Nothing is held when a tensor is refused."""
+        from mmr1_mega.quant.fp8 import dequantize, expected_tensors, quantized_weight, scale_names
+
+        plain, parts = [], {}
+        for name, tensor in bucket:
+            if name in self._params and not quantized_weight(name):
+                plain.append((name, tensor))
+                continue
+            weight = name if quantized_weight(name) else None
+            if weight is None:  # a scale: <module>.<suffix> of a quantized <module>.weight
+                module = name.rsplit(".", 1)[0]
+                if quantized_weight(f"{module}.weight") and name in scale_names(self.fp8, f"{module}.weight"):
+                    weight = f"{module}.weight"
+            if weight is None or weight not in self._params:
+                raise EngineError(
+                    f"local engine (fp8 {self.fp8}) has no parameter or FP8 scale {name!r}: does the actor's model "
+                    f"match {self.hf_dir} and the sync's FP8 format?"
+                )
+            dtype, shape = expected_tensors(self.fp8, weight, tuple(self._params[weight].shape))[name]
+            if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+                raise EngineError(
+                    f"{name}: an fp8 {self.fp8} engine loads {dtype} {shape}, the update has {tensor.dtype} "
+                    f"{tuple(tensor.shape)}"
+                )
+            parts.setdefault(weight, {})[name] = tensor.detach().to("cpu", copy=True)
+        ready = []
+        for weight, got in parts.items():
+            pending = self._fp8_pending.setdefault(weight, {})
+            pending.update(got)
+            want = expected_tensors(self.fp8, weight, tuple(self._params[weight].shape))
+            if pending.keys() == want.keys():
+                self._fp8_tensors.update(self._fp8_pending.pop(weight))
+                scale = self._fp8_tensors[scale_names(self.fp8, weight)[0]]
+                ready.append(
+                    (weight, dequantize(self._fp8_tensors[weight], scale, self._params[weight].dtype))
+                )
+        return plain + ready
+
     def end_update(self) -> None:
-        """Nothing cached across requests here (each generate builds its own KV cache)."""
+        """Nothing cached across requests here (each generate builds its own KV cache). With fp8: raises
+        EngineError when a module got only part of its FP8 tensors."""
+        if self._fp8_pending:
+            incomplete = sorted(self._fp8_pending)
+            self._fp8_pending.clear()
+            raise EngineError(
+                f"fp8 update ended with modules missing their weight or scales: {incomplete[:4]}"
+            )
 
     def flush_cache(self) -> None:
         """No prefix cache to drop: the KV cache lives only inside one generate call."""

@@ -59,13 +59,14 @@ def pack(bucket: Bucket) -> tuple[torch.Tensor, list[TensorMeta]]:
     metas, parts, offset = [], [], 0
     for name, t in bucket:
         flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        if offset % ALIGN:  # a dtype view of the buffer needs an offset that is a multiple of the item size
+            parts.append(torch.zeros(ALIGN - offset % ALIGN, dtype=torch.uint8, device=flat.device))
+            offset += ALIGN - offset % ALIGN
         dtype = str(t.dtype).removeprefix("torch.")
         metas.append(TensorMeta(name, dtype, tuple(t.shape), offset, offset + flat.numel()))
         parts.append(flat)
         offset += flat.numel()
-        if offset % ALIGN:  # a dtype view of the buffer needs an offset that is a multiple of the item size
-            parts.append(torch.zeros(ALIGN - offset % ALIGN, dtype=torch.uint8, device=flat.device))
-            offset += ALIGN - offset % ALIGN
+    # no padding after the last tensor: receivers size the buffer by the last tensor's end
     return (torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)), metas
 
 

@@ -161,6 +161,7 @@ def sync_weights(
     dtype: torch.dtype | None = None,
     verify: bool = False,
     fanout: bool = False,
+    quantize=None,
 ) -> dict:
     """Copy the actor's current weights into the rollout engine(s). Collective over all ranks.
 
@@ -170,7 +171,9 @@ def sync_weights(
     Takes the (possibly DDP-wrapped) megatron stage model, the family's weight table, this rank's engine
     client or None (see module docstring for who holds one), the bucket size in MiB, an optional dtype to
     cast to (e.g. bf16 for a bf16 engine), and verify (compare a checksum of every engine tensor with the
-    actor's export after the update).
+    actor's export after the update), and quantize: what the engines load made from the actor's HF-named
+    stream (e.g. quant.fp8.FP8Weights.quantize: FP8 weights and their scales), applied by the ranks that
+    bucket, before bucketing; verify then compares the quantized tensors.
     Returns metrics, equal on every rank: seconds, bytes, gb_per_s, tensors, buckets, mode, per-stage
     seconds and bytes, and with verify the checksum comparison. Raises SyncError (bad engine placement,
     or verify found a difference) or the engine's EngineError.
@@ -196,6 +199,9 @@ def sync_weights(
         engine.end_update()
         fed["seconds"] = time.perf_counter() - fed["begin"]
 
+    def served(stream):  # the tensors the engines load
+        return stream if quantize is None else quantize(stream)
+
     def counted(buckets: Iterator[Bucket]) -> Iterator[Bucket]:
         for b in buckets:
             sent["buckets"] += 1
@@ -216,11 +222,11 @@ def sync_weights(
             if streams and me["stage"] == stage:
                 stream = iter_hf_weights(model, table, dtype)
                 if leader:
-                    buckets = counted(iter_buckets(stream, bucket_mb))
+                    buckets = counted(iter_buckets(served(stream), bucket_mb))
                     if receivers:
                         buckets = _broadcast_stage(buckets, src, group)
                 elif engine is not None:  # a holder among the stage's TP ranks: it has every full tensor
-                    buckets = iter_buckets(stream, bucket_mb)
+                    buckets = iter_buckets(served(stream), bucket_mb)
                 else:
                     buckets = stream
                 for b in buckets:
@@ -242,7 +248,7 @@ def sync_weights(
             for _ in stream:  # feed the leader's all-gathers
                 pass
         else:
-            buckets = counted(iter_buckets(stream, bucket_mb))
+            buckets = counted(iter_buckets(served(stream), bucket_mb))
             if mode == "direct" or me["rank"] == 0:
                 for b in buckets:
                     feed(b)
@@ -320,8 +326,11 @@ def sync_weights(
     return metrics
 
 
-def verify_weights(model, table, engine, dtype: torch.dtype | None = None) -> dict[str, list[str]]:
-    """Compare a checksum of every engine tensor with the actor's current export, without updating.
+def verify_weights(
+    model, table, engine, dtype: torch.dtype | None = None, quantize=None
+) -> dict[str, list[str]]:
+    """Compare a checksum of every engine tensor with the actor's current export (through `quantize`, as
+    sync_weights sends it), without updating.
 
     Collective over all ranks; `engine` is needed on rank 0 only. Returns compare_checksums' report
     (empty lists when equal), the same on every rank.
@@ -329,8 +338,12 @@ def verify_weights(model, table, engine, dtype: torch.dtype | None = None) -> di
     me = _layout()
     sums = {}
     if me["dp"] == 0:
-        for name, t in iter_hf_weights(model, table, dtype):
-            if me["tp"] == 0:
+        stream = iter_hf_weights(model, table, dtype)
+        if me["tp"] != 0:
+            for _ in stream:  # feed the TP all-gathers
+                pass
+        else:
+            for name, t in stream if quantize is None else quantize(stream):
                 sums[name] = tensor_checksum(t)
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, sums)

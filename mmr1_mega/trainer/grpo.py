@@ -80,11 +80,19 @@ def _train(run, cfg: Config) -> dict:
     handoff = Handoff(run, cfg)  # colocated engines and actor take turns on the accelerators
 
     def push_weights():
+        quantize = run.fp8.quantize if run.fp8 is not None else None  # rollout.weight_dtype=fp8
         if not run.per_node:
-            return sync_weights(run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb)
+            return sync_weights(
+                run.actor.model, run.actor.table, run.engine, cfg.rollout.bucket_mb, quantize=quantize
+            )
         # every node leader feeds its node's engines; then rank 0's client takes every healthy server back
         metrics = sync_weights(
-            run.actor.model, run.actor.table, run.node_engine, cfg.rollout.bucket_mb, fanout=True
+            run.actor.model,
+            run.actor.table,
+            run.node_engine,
+            cfg.rollout.bucket_mb,
+            fanout=True,
+            quantize=quantize,
         )
         down = rank0_phase("engines back in service", lambda: run.engine.mark_synced())
         if down:

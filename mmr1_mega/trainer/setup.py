@@ -51,6 +51,10 @@ class Run:
     # rollout.placement=per_node: on each node's local rank 0, the client that owns and feeds that node's
     # engine servers (the weight sync's holders); None otherwise
     node_engine: object = None
+    # the HF folder the engines start from (model.hf_path, or the FP8 checkpoint with rollout.weight_dtype=fp8)
+    engine_model: str = ""
+    # rollout.weight_dtype=fp8, every rank: quant.fp8.FP8Weights, which makes each sync's FP8 payload
+    fp8: object = None
     train_data: object = None
     val_data: object = None
     logger: object = None
@@ -116,7 +120,52 @@ def node_host(nodes: int) -> str:
     return "127.0.0.1" if nodes == 1 else socket.gethostbyname(socket.gethostname())
 
 
-def start_node_engines(cfg: Config):
+def engine_dtype(cfg: Config) -> str:
+    """The dtype the rollout engines compute in (FP8 engines: bf16 for an fp32 actor)."""
+    from mmr1_mega.quant.fp8 import engine_dtype as fp8_engine_dtype
+
+    return fp8_engine_dtype(cfg.model.dtype, cfg.rollout.weight_dtype)
+
+
+def prepare_fp8_engine(cfg: Config) -> tuple[str, dict[str, float]]:
+    """rollout.weight_dtype=fp8 (rank 0): the FP8 checkpoint the engines start from and its static activation
+    scales (modelopt format). rollout.fp8_checkpoint when given (its format checked against fp8_format), else
+    written from model.hf_path into train.output_dir/engine-fp8 (modelopt: calibrated on the first
+    rollout.fp8_calib_prompts training prompts). The local engine (an FP8 stand-in) starts from model.hf_path
+    and gets its FP8 weights at the first sync."""
+    from mmr1_mega.quant import fp8
+
+    fmt = cfg.rollout.fp8_format
+    if cfg.rollout.fp8_checkpoint:
+        path = cfg.rollout.fp8_checkpoint
+        found = fp8.checkpoint_format(HFCheckpoint(path).path)
+        if found != fmt:
+            raise ConfigError(
+                f"rollout.fp8_checkpoint {path} holds {found or 'no FP8'} weights, rollout.fp8_format is {fmt}"
+            )
+        scales = fp8.read_input_scales(path) if fmt == "modelopt" else {}
+    else:
+        dataset = None
+        if fmt == "modelopt":
+            from mmr1_mega.data.rl_dataset import RLDataset
+            from mmr1_mega.data.tokenizer import load_processor
+
+            processor = load_processor(cfg.model.hf_path, cfg.data.min_pixels, cfg.data.max_pixels)
+            dataset = RLDataset(cfg.data.train_files, cfg.data, processor, name="fp8 calibration")
+        from mmr1_mega.distributed.cpu import device
+
+        path = str(Path(cfg.train.output_dir) / "engine-fp8")
+        log.info("writing the engines' FP8 (%s) checkpoint from %s to %s", fmt, cfg.model.hf_path, path)
+        weights = fp8.prepare_engine_checkpoint(
+            cfg.model.hf_path, path, fmt, dataset, cfg.rollout.fp8_calib_prompts, device=str(device())
+        )
+        scales = weights.input_scales
+    if cfg.rollout.engine == "local":
+        path = cfg.model.hf_path
+    return path, {name: float(v) for name, v in scales.items()}
+
+
+def start_node_engines(cfg: Config, model_path: str | None = None):
     """On each node's local rank 0: start this node's rollout.num_engines engine servers (the count is per
     node) and load the policy's initial weights; every rank gets every node's server addresses (collective,
     host group). Returns (this rank's node client or None, the addresses of every server, node by node)."""
@@ -133,9 +182,9 @@ def start_node_engines(cfg: Config):
     def leader_start():
         holder["engine"] = make_engine(
             cfg.rollout,
-            cfg.model.hf_path,
+            model_path or cfg.model.hf_path,
             device=dev,
-            dtype=cfg.model.dtype,
+            dtype=engine_dtype(cfg),
             host=node_host(nodes),
             router=False,  # generation goes through rank 0's client (and its router, if any)
         )
@@ -213,9 +262,15 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
 
     Handoff(run, cfg).park()
 
+    run.engine_model = cfg.model.hf_path
+    if with_engine and cfg.rollout.weight_dtype == "fp8":
+        from mmr1_mega.quant.fp8 import FP8Weights
+
+        run.engine_model, scales = rank0_phase("FP8 engine checkpoint", prepare_fp8_engine, cfg)
+        run.fp8 = FP8Weights(cfg.rollout.fp8_format, scales)
     per_node = with_engine and run.per_node
     if per_node:  # each node's local rank 0 starts its engines; rank 0 learns where they all are
-        run.node_engine, addresses = start_node_engines(cfg)
+        run.node_engine, addresses = start_node_engines(cfg, run.engine_model)
 
     def rank0_parts() -> int:  # datasets, engine start-up (minutes for large models), logs
         from mmr1_mega.data.rl_dataset import RLDataset
@@ -227,11 +282,11 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
         if cfg.data.val_files:
             run.val_data = RLDataset(cfg.data.val_files, cfg.data, processor, name="val")
         if with_engine and not per_node:
-            run.engine = make_rollout_engine(cfg)
+            run.engine = make_rollout_engine(cfg, run.engine_model)
         elif with_engine:  # a client over every node's servers, which their nodes own and feed
             from mmr1_mega.rollout.factory import make_client
 
-            run.engine = make_client(cfg.rollout, addresses, cfg.model.dtype)
+            run.engine = make_client(cfg.rollout, addresses, engine_dtype(cfg))
         resumed = ckpt.read_trainer_state(resume_from) if resume_from is not None else {}
         run.logger = MetricsLogger(
             cfg.log,
@@ -248,17 +303,15 @@ def build_run(cfg: Config, with_engine: bool = True) -> Run:
     return run
 
 
-def make_rollout_engine(cfg: Config):
-    """The configured rollout engine, loaded with the policy's initial weights (rank 0)."""
-    if cfg.rollout.engine == "local":
-        from mmr1_mega.distributed.cpu import device
-        from mmr1_mega.rollout.local import LocalEngine
-
-        return LocalEngine(cfg.model.hf_path, device=str(device()), dtype=cfg.model.dtype)
+def make_rollout_engine(cfg: Config, model_path: str | None = None):
+    """The configured rollout engine, loaded with the policy's initial weights from model_path (default
+    model.hf_path; rank 0)."""
     from mmr1_mega.distributed.cpu import device
     from mmr1_mega.rollout.factory import make_engine
 
-    return make_engine(cfg.rollout, cfg.model.hf_path, device=device().type, dtype=cfg.model.dtype)
+    path = model_path or cfg.model.hf_path
+    dev = str(device()) if cfg.rollout.engine == "local" else device().type
+    return make_engine(cfg.rollout, path, device=dev, dtype=engine_dtype(cfg))
 
 
 def evaluate(run: Run, cfg: Config, seed: int) -> dict[str, float]:

@@ -80,33 +80,43 @@ def _greedy(engine: LocalEngine, requests: list[GenerationRequest]) -> list[list
 
 
 def sync_into_local_engine(
-    actor_dir: str, engine_dir: str, out_root: str, batch: dict, requests: list, layouts: list[str]
+    actor_dir: str,
+    engine_dir: str,
+    out_root: str,
+    batch: dict,
+    requests: list,
+    layouts: list[str],
+    fp8_weights=None,
 ) -> dict:
     """For each layout: load the actor from actor_dir, make a local engine (rank 0) from engine_dir
     (other weights), sync, export, train one step, sync with verify, export again, then corrupt one
-    engine tensor and verify. Rank 0 returns the engine's states, greedy outputs, metrics and reports."""
+    engine tensor and verify. Rank 0 returns the engine's states, greedy outputs, metrics and reports.
+    fp8_weights (quant.fp8.FP8Weights): the engine is the FP8 stand-in of its format and every sync sends
+    FP8 weights made by it."""
     hf_config = AutoConfig.from_pretrained(actor_dir)
+    quantize = fp8_weights.quantize if fp8_weights is not None else None
     results = {}
     for name in layouts:
         tp, pp = LAYOUTS[name]
         initialize_model_parallel(tp, pp, seed=1)
         ddp, table, optimizer = build_actor(hf_config, actor_dir)
         rank0 = dist.get_rank() == 0
-        engine = LocalEngine(engine_dir) if rank0 else None
+        engine = LocalEngine(engine_dir, fp8=fp8_weights and fp8_weights.fmt) if rank0 else None
         out = {"engine_before": engine.state_dict_hf() if rank0 else None}
         # 0.02 MiB buckets: several per stage, and the 32 KiB embedding / lm_head travel alone
-        out["metrics0"] = sync_weights(ddp, table, engine, bucket_mb=0.02)
+        out["metrics0"] = sync_weights(ddp, table, engine, bucket_mb=0.02, quantize=quantize)
         export_hf(ddp, table, f"{out_root}/{name}/v0", actor_dir)
         if rank0:
             out["state0"], out["greedy0"] = engine.state_dict_hf(), _greedy(engine, requests)
         _train_step(ddp, optimizer, hf_config, batch)
-        out["metrics1"] = sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True)
+        out["metrics1"] = sync_weights(ddp, table, engine, bucket_mb=0.02, verify=True, quantize=quantize)
         export_hf(ddp, table, f"{out_root}/{name}/v1", actor_dir)
         if rank0:
             out["state1"], out["greedy1"] = engine.state_dict_hf(), _greedy(engine, requests)
-            with torch.no_grad():
-                engine._params[CORRUPTED].view(-1)[0] += 1.0
-        out["corrupt_report"] = verify_weights(ddp, table, engine)
+            with torch.no_grad():  # what the engine holds: the FP8 codes of an FP8 engine
+                held = engine._fp8_tensors.get(CORRUPTED, engine._params[CORRUPTED])
+                held.view(-1).view(torch.uint8)[0] += 1
+        out["corrupt_report"] = verify_weights(ddp, table, engine, quantize=quantize)
         out["pp_size"] = ps.get_pipeline_model_parallel_world_size()
         results[name] = out if rank0 else {"metrics1": out["metrics1"]}
         dist.barrier()

@@ -2,6 +2,8 @@
 
 One launch runs every layout (see sync_workers.sync_into_local_engine); each test checks one behaviour
 of its results against an independent reference: the HF export of the same actor, loaded by transformers.
+The FP8 case syncs into the local engine's FP8 stand-in (modelopt format): its reference is the export as
+an FP8 engine holds it (each decoder linear quantized by modelopt and dequantized, the rest unchanged).
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ def _tensors(directory):
     return out
 
 
+def _payload(run, directory) -> dict:
+    """What the sync sends for an exported directory: its tensors, or their FP8 stream."""
+    tensors = _tensors(directory)
+    return tensors if run["fp8"] is None else dict(run["fp8"].quantize(tensors.items()))
+
+
+def _served(run, directory) -> dict:
+    """The weights an engine computes with after a sync of the exported directory: for an FP8 engine, each
+    decoder linear dequantized from its FP8 payload."""
+    from mmr1_mega.quant import fp8
+
+    tensors, payload = _tensors(directory), _payload(run, directory)
+    if run["fp8"] is None:
+        return tensors
+    fmt = run["fp8"].fmt
+    return {
+        n: fp8.dequantize(payload[n], payload[fp8.scale_names(fmt, n)[0]]) if fp8.quantized_weight(n) else t
+        for n, t in tensors.items()
+    }
+
+
 def _requests(batch, hf_config) -> list[GenerationRequest]:
     """The batch's three prompts (text only, two images, one image) as greedy engine requests."""
     merge2 = hf_config.vision_config.spatial_merge_size**2
@@ -51,12 +74,20 @@ def _requests(batch, hf_config) -> list[GenerationRequest]:
     return reqs
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen2_5_vl-fp8"])
 def run(request, tmp_path_factory):
+    family = request.param.removesuffix("-fp8")
     root = tmp_path_factory.mktemp("sync")
     actor, engine = root / "actor", root / "engine"
-    hf = save_tiny_model(actor, seed=11, model_type=request.param)
-    save_tiny_model(engine, seed=12, model_type=request.param)  # same shapes, other weights
+    hf = save_tiny_model(actor, seed=11, model_type=family)
+    save_tiny_model(engine, seed=12, model_type=family)  # same shapes, other weights
+    fp8_weights = None
+    if request.param.endswith("-fp8"):
+        from mmr1_mega.quant import fp8
+
+        modules = [n[: -len(".weight")] for n in _tensors(actor) if fp8.quantized_weight(n)]
+        # static activation scales pass through the sync unchanged: any values do
+        fp8_weights = fp8.FP8Weights("modelopt", {m: 0.01 * (i + 1) for i, m in enumerate(modules)})
     batch = tiny_vl_batch(hf.config, seed=int(torch.randint(0, 10_000, ()).item()))
     requests = _requests(batch, hf.config)
     results = run_on_ranks(
@@ -68,13 +99,21 @@ def run(request, tmp_path_factory):
         batch,
         requests,
         LAYOUTS,
+        fp8_weights,
     )
-    return {"root": root, "rank0": results[0], "all": results, "requests": requests, "engine_dir": engine}
+    return {
+        "root": root,
+        "rank0": results[0],
+        "all": results,
+        "requests": requests,
+        "engine_dir": engine,
+        "fp8": fp8_weights,
+    }
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_engine_state_equals_the_hf_export_bitwise_after_sync(run, layout):
-    got, ref = run["rank0"][layout]["state0"], _tensors(run["root"] / "out" / layout / "v0")
+    got, ref = run["rank0"][layout]["state0"], _served(run, run["root"] / "out" / layout / "v0")
     assert set(got) == set(ref)
     for name in ref:
         assert torch.equal(got[name], ref[name]), name
@@ -91,7 +130,12 @@ def test_engine_greedy_generation_equals_transformers_on_the_export(run, layout)
     from transformers import AutoModelForImageTextToText
 
     for version in ("v0", "v1"):
-        hf = AutoModelForImageTextToText.from_pretrained(run["root"] / "out" / layout / version).eval()
+        export = run["root"] / "out" / layout / version
+        hf = AutoModelForImageTextToText.from_pretrained(export).eval()
+        served = _served(run, export)
+        with torch.no_grad():  # the FP8 engine's dequantized weights (the export's own otherwise)
+            for n, p in hf.named_parameters():
+                p.copy_(served[canonical_name(n)])
         for r, got in zip(run["requests"], run["rank0"][layout][f"greedy{version[1]}"]):
             ids = torch.tensor([r.prompt_ids])
             kw = dict(
@@ -111,7 +155,10 @@ def test_engine_greedy_generation_equals_transformers_on_the_export(run, layout)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_after_a_training_step_the_engine_equals_the_new_export(run, layout):
     out = run["rank0"][layout]
-    v0, v1 = _tensors(run["root"] / "out" / layout / "v0"), _tensors(run["root"] / "out" / layout / "v1")
+    v0, v1 = (
+        _served(run, run["root"] / "out" / layout / "v0"),
+        _served(run, run["root"] / "out" / layout / "v1"),
+    )
     changed = {n for n in v1 if not torch.equal(v1[n], v0[n])}
     assert len(changed) >= 0.9 * len(v1)  # Adam moves (nearly) every tensor
     for name in v1:
@@ -132,7 +179,7 @@ def test_verify_mode_passes_after_sync_and_finds_a_corrupted_tensor(run, layout)
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_metrics_count_every_byte_and_split_buckets(run, layout):
-    v1 = _tensors(run["root"] / "out" / layout / "v1")
+    v1 = _payload(run, run["root"] / "out" / layout / "v1")  # what was sent: FP8 weights and scales
     m = run["rank0"][layout]["metrics1"]
     # one stage: its leader is rank 0 and loads directly; more: later stages relay through rank 0
     assert m["mode"] == ("relay" if run["rank0"][layout]["pp_size"] > 1 else "direct")

@@ -135,3 +135,26 @@ def per_node_engines(
         if node_engine is not None:
             node_engine.shutdown()
     return out
+
+
+def fp8_syncs_into_vllm(
+    server_model_dir: str, port: int, actor_dirs: list[str], layouts: list[str], requests: list, input_scales
+) -> list:
+    """Sync FP8 weights (modelopt format, the server's activation scales) from an actor of each (actor_dir,
+    layout) in turn into the real vLLM server, generating greedily after each; rank 0 returns the outputs
+    (token ids, log-probs) and sync metrics per step."""
+    from mmr1_mega.quant.fp8 import FP8Weights
+
+    weights = FP8Weights("modelopt", input_scales)
+    outs = []
+    for actor_dir, name in zip(actor_dirs, layouts):
+        tp, pp = LAYOUTS[name]
+        initialize_model_parallel(tp, pp, seed=1)
+        ddp, table, _ = build_actor(AutoConfig.from_pretrained(actor_dir), actor_dir)
+        rank0 = dist.get_rank() == 0
+        engine = _client("vllm", server_model_dir, port) if rank0 else None
+        metrics = sync_weights(ddp, table, engine, bucket_mb=0.05, quantize=weights.quantize)
+        if rank0:
+            outs.append(([(o[0].token_ids, o[0].logprobs) for o in engine.generate(requests)], metrics))
+        dist.barrier()
+    return outs

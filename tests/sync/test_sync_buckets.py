@@ -64,6 +64,22 @@ def test_pack_then_unpack_gives_back_every_tensor_bitwise(dtypes):
     assert all(tensor_checksum(a) == tensor_checksum(b) for (_, a), (_, b) in zip(got, bucket))
 
 
+def test_a_packed_bucket_is_exactly_as_long_as_receivers_allocate():
+    """Receivers (relay, fan-out) allocate the last tensor's end: no padding may follow it, whatever the
+    sizes (here FP8 weights and the 0-d fp32 scales that follow them)."""
+    bucket = [
+        ("w", torch.randn(3, 5).to(torch.float8_e4m3fn)),
+        ("w_scale", torch.tensor(0.5)),
+        ("b", torch.randn(3)),
+        ("x_scale", torch.tensor(0.25)),
+    ]
+    for k in range(1, len(bucket) + 1):
+        buffer, metas = pack(bucket[:k])
+        assert buffer.numel() == metas[-1].end
+        got = unpack(buffer, metas)
+        assert all(tensor_checksum(a) == tensor_checksum(b) for (_, a), (_, b) in zip(got, bucket[:k]))
+
+
 def test_checksum_sees_a_single_bit_and_the_dtype():
     t = torch.randn(64)
     flipped = t.clone()
