@@ -378,9 +378,17 @@ def calibrate_input_scales(model, forward_loop) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         import modelopt.torch.quantization as mtq
+        from modelopt.torch.quantization.nn.modules.quant_module import QuantModule
+        from modelopt.torch.utils.distributed import ParallelState
 
     with torch.no_grad():
-        mtq.quantize(model, mtq.FP8_DEFAULT_CFG, forward_loop)
+        mtq.quantize(model, {**mtq.FP8_DEFAULT_CFG, "algorithm": None})  # quantizers only, no calibration
+        # this model lives on one rank: without a parallel state of its own, modelopt's max calibration
+        # all-reduces every amax over torch.distributed's default group, which the other ranks never join
+        for module in model.modules():
+            if isinstance(module, QuantModule):
+                module.parallel_state = ParallelState(data_parallel_group=-1)
+        mtq.calibrate(model, "max", forward_loop)
     scales = {}
     for name, module in model.named_modules():
         if not quantized_weight(f"{name}.weight"):

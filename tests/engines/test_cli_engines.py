@@ -1,6 +1,8 @@
 """The CPU demo from the command line with rollout.engine=vllm and =sglang: the demo's model, task and
 configuration, cut to a few SFT steps and 2 GRPO steps, through the trainer with a real engine server (started
-by the trainer from the engine's own environment, fed by the weight sync every step)."""
+by the trainer from the engine's own environment, fed by the weight sync every step). "vllm-fp8": the same
+with FP8 rollout weights (rollout.weight_dtype=fp8, modelopt format: calibrated and written by the trainer,
+quantized at every sync) and truncated importance sampling."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 LAUNCH = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
 
 
-@pytest.mark.parametrize("kind", ENGINES)
-def test_demo_trains_two_grpo_steps_with_a_real_engine_from_the_cli(kind, tmp_path):
+@pytest.mark.parametrize("variant", [*ENGINES, "vllm-fp8"])
+def test_demo_trains_two_grpo_steps_with_a_real_engine_from_the_cli(variant, tmp_path):
+    kind = variant.removesuffix("-fp8")
     python = engine_python(kind)
     demo = yaml.safe_load(open(DEMO_CONFIG))
     demo["synthetic"].update(num_train=32, num_val=8, num_sft=64)
@@ -38,6 +41,14 @@ def test_demo_trains_two_grpo_steps_with_a_real_engine_from_the_cli(kind, tmp_pa
     ]
     if kind == "sglang":
         overrides.append(f"rollout.server_env={{PYTHONPATH: {STANDIN}}}")  # the sgl_kernel stand-in
+    fp8 = variant.endswith("-fp8")
+    if fp8:
+        overrides += [
+            "rollout.weight_dtype=fp8",
+            "rollout.fp8_format=modelopt",
+            "rollout.fp8_calib_prompts=8",
+            "loss.tis_cap=2.0",
+        ]
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "mmr1_mega.cli", "demo", "--out", str(out), "--config", str(cfg), *overrides],
@@ -56,6 +67,14 @@ def test_demo_trains_two_grpo_steps_with_a_real_engine_from_the_cli(kind, tmp_pa
         # logged every step (their agreement within fp32 rounding is test_sync_real_engines' business)
         assert 0 <= r["rollout/logp_mismatch_abs_mean"] <= r["rollout/logp_mismatch_abs_max"], r
         assert r["rollout/logp_mismatch_k3"] >= 0
+        if fp8:  # an FP8 engine in bf16 samples from other probabilities than the fp32 actor computes
+            assert r["rollout/logp_mismatch_abs_mean"] > 0 and 0 < r["actor/tis_weight_mean"]
+    if fp8:
+        served = out / "grpo" / "engine-fp8"
+        assert json.loads((served / "config.json").read_text())["quantization_config"]["quant_algo"] == "FP8"
+        assert "quantization=modelopt" in logs or any(
+            "quantization=modelopt" in p.read_text(errors="replace") for p in tmp_path.glob("mmr1-vllm-*.log")
+        )
     assert "val/accuracy" in recs[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert [s for s, _ in summary["val_curve"]] == [0, 2]

@@ -351,6 +351,31 @@ def test_async_rollout_trains_one_step_off_policy_with_truncated_importance_samp
     assert [p.name for p in complete_checkpoints(out)] == ["step_000002", "step_000003"]
 
 
+def test_grpo_with_fp8_rollout_weights_calibrates_quantizes_every_sync_and_corrects_with_tis(task, tmp_path):
+    """rollout.weight_dtype=fp8 through the trainer at TP2: the engines' FP8 checkpoint is written at start
+    (modelopt format, activation scales calibrated on training prompts), every sync sends FP8 weights, and
+    TIS weighs tokens by actor / engine. The local engine is the FP8 stand-in (weights rounded to FP8); the
+    real vLLM run is tests/engines/test_cli_engines.py's."""
+    out = _run(
+        task,
+        tmp_path,
+        "fp8",
+        "parallel.tensor_parallel=2",
+        "rollout.weight_dtype=fp8",
+        "rollout.fp8_format=modelopt",
+        "rollout.fp8_calib_prompts=4",
+        "loss.tis_cap=2.0",
+    )
+    _check_run(out, 3)
+    config = json.loads((out / "engine-fp8" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "modelopt"
+    recs = read_metrics(out / "metrics.jsonl")[1:]
+    for r in recs:
+        # the engine samples from FP8-rounded weights in bf16: its log-probs differ from the fp32 actor's
+        assert r["rollout/logp_mismatch_abs_mean"] > 0
+        assert 0 < r["actor/tis_weight_mean"] and 0 <= r["actor/tis_capped_frac"] <= 1
+
+
 def test_a_rollout_token_budget_counts_refresh_rollouts_and_ends_the_run_with_validation(task, tmp_path):
     # vas.update_every_steps=2 over half the pool: refreshes before steps 1 and 3 (their rollouts count)
     first = _run(
