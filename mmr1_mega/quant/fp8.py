@@ -24,9 +24,11 @@ model's dtype (every engine and modelopt's default FP8 config leave them unquant
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,7 +383,8 @@ def calibrate_input_scales(model, forward_loop) -> dict[str, torch.Tensor]:
         from modelopt.torch.quantization.nn.modules.quant_module import QuantModule
         from modelopt.torch.utils.distributed import ParallelState
 
-    with torch.no_grad():
+    # modelopt prints progress to stdout, which is the JSON report of the tools that call this
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         mtq.quantize(model, {**mtq.FP8_DEFAULT_CFG, "algorithm": None})  # quantizers only, no calibration
         # this model lives on one rank: without a parallel state of its own, modelopt's max calibration
         # all-reduces every amax over torch.distributed's default group, which the other ranks never join
@@ -473,22 +476,29 @@ def calibration_loop(dataset, prompts: int):
 
 
 def prepare_engine_checkpoint(
-    hf_dir: str | Path, out: str | Path, fmt: str, dataset=None, prompts: int = 64, device: str = "cpu"
+    hf_dir: str | Path,
+    out: str | Path,
+    fmt: str,
+    dataset=None,
+    prompts: int = 64,
+    device: str = "cpu",
+    forward_loop=None,
 ) -> FP8Weights:
     """Write the FP8 checkpoint engines start from (`out`) from the HF checkpoint hf_dir, and return the
     FP8Weights that make every later sync's payload. modelopt: the activation scales are calibrated first,
-    on `prompts` samples of `dataset` (an RLDataset with a processor), with the model in bf16 on `device`.
-    Raises FP8Error (no calibration data for modelopt, block shapes the engines cannot hold)."""
+    on `prompts` samples of `dataset` (an RLDataset with a processor), or by forward_loop(model), with the
+    model in bf16 on `device`. Raises FP8Error (no calibration data for modelopt, block shapes the engines
+    cannot hold)."""
     input_scales = {}
     if fmt == "modelopt":
-        if dataset is None or len(dataset) == 0:
+        if forward_loop is None and (dataset is None or len(dataset) == 0):
             raise FP8Error(
                 "modelopt FP8 needs calibration prompts (static activation scales): give a dataset"
             )
         from transformers import AutoModelForImageTextToText
 
         model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.bfloat16).to(device).eval()
-        input_scales = calibrate_input_scales(model, calibration_loop(dataset, prompts))
+        input_scales = calibrate_input_scales(model, forward_loop or calibration_loop(dataset, prompts))
         del model
     weights = FP8Weights(fmt, input_scales)
     write_fp8_checkpoint(hf_dir, out, weights)

@@ -3,7 +3,9 @@ run; generated tokens per second. Prints JSON.
 
 The model is a random Qwen2.5-VL-architecture model of the demo's kind (the demo's processor, the sizes given
 here) written to a temporary folder; the prompts are the demo's counting questions, each with an image, every
-engine getting the same prompt ids and images, sampled n times at temperature 1. The vLLM and SGLang servers
+engine getting the same prompt ids and images, sampled n times at temperature 1. "vllm-fp8" / "sglang-fp8":
+the same server with FP8 weights (quant/fp8.py, --fp8-format: block by default on GPUs, modelopt on CPU,
+calibrated on the benchmark's own prompts), computing in bf16. The vLLM and SGLang servers
 start from the environments scripts/engine_env.sh builds (--vllm-python / --sglang-python); on CPU, SGLang
 needs the sgl_kernel stand-in of tests/engines/standin on its PYTHONPATH (--sglang-env). An engine that cannot
 run here is reported as skipped, with the reason. Each engine serves one warm-up request before timing.
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("local", "vllm", "sglang")
+ENGINES = ("local", "vllm", "sglang", "vllm-fp8", "sglang-fp8")
 LAUNCH = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
 
 
@@ -81,7 +83,30 @@ def make_requests(model_dir: Path, prompts: int, n: int, max_new_tokens: int, se
     return out
 
 
+def fp8_model(model_dir: Path, requests: list, fmt: str, device: str) -> Path:
+    """An FP8 copy of the benchmark model, modelopt's activation scales calibrated on the requests' prompts."""
+    import torch
+
+    from mmr1_mega.quant import fp8
+
+    def loop(model) -> None:
+        for r in requests:
+            ids = torch.tensor([r.prompt_ids], device=model.device)
+            model(
+                input_ids=ids,
+                mm_token_type_ids=(ids == model.config.image_token_id).long(),
+                pixel_values=r.pixel_values.to(model.device, model.dtype),
+                image_grid_thw=r.image_grid_thw.to(model.device),
+            )
+
+    out = model_dir.with_name(model_dir.name + f"-fp8-{fmt}")
+    if not out.exists():
+        fp8.prepare_engine_checkpoint(model_dir, out, fmt, device=device, forward_loop=loop)
+    return out
+
+
 def _engine(kind: str, model_dir: Path, args, log_dir: Path):
+    kind = kind.removesuffix("-fp8")  # the model folder says which weights
     if kind == "local":
         from mmr1_mega.rollout.local import LocalEngine
 
@@ -94,9 +119,10 @@ def _engine(kind: str, model_dir: Path, args, log_dir: Path):
         raise RuntimeError(f"no python at {python}: build it with `bash scripts/engine_env.sh {kind}`")
     port = free_port()
     env = dict(e.split("=", 1) for e in getattr(args, f"{kind}_env"))
+    fp8 = model_dir.name.endswith(("-fp8-block", "-fp8-modelopt"))
     common = dict(
         port=port,
-        dtype=ENGINE_DTYPES[args.dtype],
+        dtype=ENGINE_DTYPES["bf16" if fp8 else args.dtype],  # FP8 engines compute in bf16
         device=args.device,
         colocated=False,
         seed=0,
@@ -123,6 +149,11 @@ def run_engine(kind: str, model_dir: Path, requests: list, args, log_dir: Path) 
     """Start the engine, one warm-up request, then all requests timed; its figures (or why it was skipped)."""
     t0 = time.perf_counter()
     try:
+        if kind.endswith("-fp8"):
+            from mmr1_mega.rollout.factory import check_fp8_servable
+
+            check_fp8_servable(kind.removesuffix("-fp8"), args.fp8_format, args.device)
+            model_dir = fp8_model(model_dir, requests, args.fp8_format, args.device)
         engine = _engine(kind, model_dir, args, log_dir)
     except Exception as e:  # noqa: BLE001 - reported, the other engines still run
         return {"skipped": f"{type(e).__name__}: {e}"}
@@ -164,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--fp8-format",
+        choices=("block", "modelopt"),
+        default=None,
+        help="the *-fp8 engines' FP8 format (default: block on GPUs, modelopt on CPU)",
+    )
     for kind in ("vllm", "sglang"):
         default = Path(".venv-" + kind) / "bin" / "python"
         p.add_argument(f"--{kind}-python", default=str(default) if default.exists() else None)
@@ -172,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.fp8_format = args.fp8_format or ("modelopt" if args.device == "cpu" else "block")
     kinds = [k.strip() for k in args.engines.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(ENGINES))
     if unknown:
@@ -183,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         requests = make_requests(model_dir, args.prompts, args.n, args.max_new_tokens)
         results = {
             "model": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "dtype": args.dtype},
+            "fp8_format": args.fp8_format if any(k.endswith("-fp8") for k in kinds) else None,
             "prompts": args.prompts,
             "n": args.n,
             "max_new_tokens": args.max_new_tokens,
