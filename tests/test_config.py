@@ -189,3 +189,24 @@ def test_the_demo_model_family_is_checked_and_sets_the_patch_size():
     assert model_family({}) == "qwen2_5_vl" and PATCH_SIZE[model_family({"family": "qwen3_vl"})] == 16
     with pytest.raises(ValueError, match="model.family 'llava' unknown"):
         model_family({"family": "llava"})
+
+
+def test_fp8_rollout_settings_are_checked_before_anything_starts():
+    from mmr1_mega.config import RolloutConfig
+    from mmr1_mega.models.presets import qwen2_5_vl_config
+
+    with pytest.raises(ConfigError, match="weight_dtype must be bf16 or fp8"):
+        RolloutConfig(weight_dtype="int8").validate()
+    with pytest.raises(ConfigError, match="fp8_format must be block or modelopt"):
+        RolloutConfig(weight_dtype="fp8", fp8_format="mxfp8").validate()
+    with pytest.raises(ConfigError, match="SGLang .* weight updates do not reach them"):
+        RolloutConfig(engine="sglang", weight_dtype="fp8", fp8_format="modelopt").validate()
+    RolloutConfig(engine="sglang", weight_dtype="fp8", fp8_format="block").validate()
+    # block FP8: every fused shard's rows a multiple of 128 (the tiny model's 64 are not; 3B's are, at TP 2 too)
+    cfg = load_config(None, ["rollout.weight_dtype=fp8", "rollout.fp8_format=block"])
+    with pytest.raises(ConfigError, match="multiples of 128.*fp8_format=modelopt"):
+        cfg.check_against_model(tiny_hf_config())
+    cfg.rollout.engine_tensor_parallel = 2
+    cfg.check_against_model(qwen2_5_vl_config("3b", num_layers=1))
+    cfg.rollout.fp8_format = "modelopt"
+    cfg.check_against_model(tiny_hf_config())

@@ -384,7 +384,9 @@ def calibrate_input_scales(model, forward_loop) -> dict[str, torch.Tensor]:
         from modelopt.torch.utils.distributed import ParallelState
 
     # modelopt prints progress to stdout, which is the JSON report of the tools that call this
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # "no parallel_state is set": set just below, before calibration
+        warnings.filterwarnings("ignore", message="Distributed training is initialized", category=UserWarning)
         mtq.quantize(model, {**mtq.FP8_DEFAULT_CFG, "algorithm": None})  # quantizers only, no calibration
         # this model lives on one rank: without a parallel state of its own, modelopt's max calibration
         # all-reduces every amax over torch.distributed's default group, which the other ranks never join

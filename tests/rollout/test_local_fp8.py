@@ -64,3 +64,19 @@ def test_an_update_that_ends_with_a_weight_missing_its_scale_fails(tiny_dir):
     engine.update_weights([p for p in payload if not p[0].endswith("weight_scale_inv")])
     with pytest.raises(EngineError, match="missing their weight or scales"):
         engine.end_update()
+
+
+def test_fp8_formats_the_cpu_engines_cannot_run_are_refused_before_launch():
+    from mmr1_mega.rollout.factory import check_fp8_servable, cpu_has_amx
+
+    check_fp8_servable(
+        "vllm", "modelopt", "cpu"
+    )  # vLLM's CPU build serves it (tests/engines/test_fp8_vllm.py)
+    check_fp8_servable("sglang", "block", "cuda")
+    check_fp8_servable("vllm", None, "cpu")
+    if cpu_has_amx():  # the engines' CPU FP8 kernels exist there: nothing to refuse
+        return
+    with pytest.raises(EngineError, match="no block FP8 kernels"):
+        check_fp8_servable("vllm", "block", "cpu")
+    with pytest.raises(EngineError, match="no FP8 layer"):
+        check_fp8_servable("sglang", "block", "cpu")
