@@ -67,9 +67,18 @@ def make_engine(
     # colocated: on the actor's own GPUs; disaggregated: on the GPUs the config names
     gpus = [i * tp if cfg.colocate else cfg.engine_gpus[i * tp] for i in range(cfg.num_engines)]
     if cfg.engine == "vllm":
-        from mmr1_mega.rollout.vllm import VLLMEngine, VLLMServer, check_servable, resolve_weight_transfer
+        from mmr1_mega.rollout.vllm import (
+            VLLMEngine,
+            VLLMServer,
+            check_servable,
+            resolve_weight_transfer,
+            untied_copy,
+        )
 
         check_servable(model_path, device)
+        # vLLM's CPU build leaves a tied lm_head stale after weight updates: serve an untied copy there
+        untied = untied_copy(model_path) if common["device"] == "cpu" else None
+        model_path = untied or model_path
         transfer = resolve_weight_transfer(cfg.weight_transfer, common["device"], cfg.colocate)
         servers = []
         for gpu in gpus:
@@ -91,6 +100,8 @@ def make_engine(
             timeout_s=cfg.server_timeout_s,
             request_timeout_s=cfg.request_timeout_s,
             max_inflight=cfg.max_inflight_per_engine,
+            lm_head_from_embeddings=untied is not None,
+            owned_dirs=[untied] if untied is not None else [],
         ).launch()
     from mmr1_mega.rollout.sglang import SGLangEngine
     from mmr1_mega.rollout.sglang_server import SGLangServer

@@ -26,19 +26,23 @@ are vLLM's development API: the servers run with VLLM_SERVER_DEV_MODE=1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from mmr1_mega.models.hf_io import canonical_name
 from mmr1_mega.rollout import vllm_payloads as P
 from mmr1_mega.rollout.protocol import EngineError, GenerationOutput, GenerationRequest, engine_prompt_ids
 from mmr1_mega.rollout.server import EngineServer, ServerEngine, model_facts, post
 
+EMBEDDINGS = "model.embed_tokens.weight"  # on-disk name
 # vLLM's CPU attention backend (vllm/v1/attention/backends/cpu_attn.py, 0.32) serves these head sizes only
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
@@ -143,6 +147,49 @@ def resolve_weight_transfer(weight_transfer: str, device: str, colocated: bool) 
     return weight_transfer
 
 
+def untied_copy(model_path: str | os.PathLike, parent: str | None = None) -> Path | None:
+    """A folder serving the same model with its lm_head as a weight of its own, for vLLM's CPU build, or None
+    when the model does not tie lm_head to the embeddings.
+
+    Why: vLLM 0.32 on CPU packs each linear's weight for oneDNN once processed; a tied lm_head shares the
+    embedding's parameter but is a layer of its own, and its in-place reload only reprocesses the embedding
+    (vLLM's reload limitation 2: "tied parameters will only reflect processing from one of the parent
+    layers"), so after every weight update the logits kept coming from the starting embedding (seen:
+    |log-prob - transformers| 1.4 after one sync). Untied, lm_head.weight is loaded and reprocessed with each
+    update (VLLMEngine(lm_head_from_embeddings=True) sends it). The copy links the weight files, adds
+    lm_head.weight (= the embedding) in a file of its own and sets tie_word_embeddings false."""
+    from safetensors.torch import save_file
+
+    from mmr1_mega.models.hf_io import INDEX_NAME, HFCheckpoint
+
+    src = Path(model_path)
+    config = json.loads((src / "config.json").read_text())
+    text = config.get("text_config") or {}
+    if not config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
+        return None
+    ckpt = HFCheckpoint(src)
+    embed = next((n for n in ckpt.names() if canonical_name(n) == "model.embed_tokens.weight"), None)
+    if embed is None or any(canonical_name(n) == "lm_head.weight" for n in ckpt.names()):
+        return None
+    dst = Path(tempfile.mkdtemp(prefix="mmr1-vllm-untied-", dir=parent))
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("config.json", INDEX_NAME):
+            os.symlink(f.resolve(), dst / f.name)
+    save_file({"lm_head.weight": ckpt.read(embed).contiguous()}, str(dst / "lm_head.safetensors"))
+    index = src / INDEX_NAME
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"]["lm_head.weight"] = "lm_head.safetensors"
+        (dst / INDEX_NAME).write_text(json.dumps(data, indent=2))
+    elif not (src / "model.safetensors").is_file():
+        raise EngineError(f"{src}: no model.safetensors and no index: cannot add lm_head.weight beside it")
+    config["tie_word_embeddings"] = False
+    if "text_config" in config:
+        config["text_config"]["tie_word_embeddings"] = False
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
 def check_servable(model_path: str | os.PathLike, device: str) -> None:
     """Raise EngineError before launch when vLLM cannot serve the model on this device."""
     if device == "cpu":
@@ -162,7 +209,9 @@ class VLLMEngine(ServerEngine):
     image_token_id: the model's image placeholder (read from the model folder when not given);
     colocated: servers share the actor's GPUs (they sleep while it trains); weight_dir: where update
     folders are written (default /dev/shm, else the temp dir); max_inflight: prompt groups in flight per
-    server.
+    server; lm_head_from_embeddings: the servers serve an untied copy of a tied model (`untied_copy`): every
+    update that carries the embedding also carries it as lm_head.weight; owned_dirs: folders removed at
+    shutdown (such a copy).
     """
 
     engine = "vLLM"
@@ -176,8 +225,12 @@ class VLLMEngine(ServerEngine):
         timeout_s: float = 600.0,
         request_timeout_s: float = 3600.0,
         max_inflight: int = 32,
+        lm_head_from_embeddings: bool = False,
+        owned_dirs: Sequence[str | os.PathLike] = (),
     ):
         super().__init__(servers, timeout_s, request_timeout_s, max_inflight=max_inflight)
+        self.lm_head_from_embeddings = lm_head_from_embeddings
+        self.owned_dirs = [str(d) for d in owned_dirs]
         if image_token_id is None:
             image_token_id = model_facts(self.servers[0].model_path)["image_token_id"]
         self.image_token_id = image_token_id
@@ -233,6 +286,12 @@ class VLLMEngine(ServerEngine):
             return
         if not self._updating:
             raise EngineError("vLLM engine: update_weights outside begin_update() ... end_update()")
+        if self.lm_head_from_embeddings:
+            # a copy: safetensors refuses two names for one storage
+            bucket = [
+                *bucket,
+                *(("lm_head.weight", t.clone()) for n, t in bucket if canonical_name(n) == EMBEDDINGS),
+            ]
         if self.weight_transfer == "ipc":
             self._send_ipc(bucket)
         else:
@@ -302,6 +361,14 @@ class VLLMEngine(ServerEngine):
                 torch.cuda.ipc_collect()
         if self._shards:
             self.stale.clear()
+
+    def shutdown(self) -> None:
+        """Stop every server this client launched; remove the folders it owns."""
+        try:
+            super().shutdown()
+        finally:
+            for d in self.owned_dirs:
+                shutil.rmtree(d, ignore_errors=True)
 
     def flush_cache(self) -> None:
         """Drop every server's cached prefixes, encoder outputs and processed images."""

@@ -47,8 +47,9 @@ def engine_python(kind: str) -> str:
     return path
 
 
-def save_engine_model(out_dir: Path, seed: int, family: str = "qwen2_5_vl") -> None:
-    """The demo's processor and a random tiny model of the family (sizes MODEL) in out_dir."""
+def save_engine_model(out_dir: Path, seed: int, family: str = "qwen2_5_vl", tie: bool = False) -> None:
+    """The demo's processor and a random tiny model of the family (sizes MODEL; tie: lm_head tied to the
+    embeddings) in out_dir."""
     from mmr1_mega.data.prompts import DEFAULT_SYSTEM_PROMPT
     from mmr1_mega.data.synthetic import synthetic_corpus
     from mmr1_mega.data.tokenizer import build_processor
@@ -64,7 +65,11 @@ def save_engine_model(out_dir: Path, seed: int, family: str = "qwen2_5_vl") -> N
         vocab_size=320,
     )
     # Qwen3-VL: head_dim 2 x hidden / heads (tiny_hf_config): 8 heads keep it at vLLM's CPU size 32
-    sizes = MODEL | ({"family": family, "num_heads": 8} if family == "qwen3_vl" else {})
+    sizes = (
+        MODEL
+        | ({"family": family, "num_heads": 8} if family == "qwen3_vl" else {})
+        | {"tie_word_embeddings": tie}
+    )
     model = save_tiny_vl_model(out_dir, processor.tokenizer, sizes, seed)
     with torch.no_grad():  # transformers leaves biases at zero and norms at one: make every weight random
         for p in model.parameters():
