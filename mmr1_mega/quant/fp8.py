@@ -172,9 +172,9 @@ def expected_tensors(fmt: str, name: str, shape: tuple[int, ...]) -> dict[str, t
 
 
 def check_block_shapes(names_shapes: Iterable[tuple[str, tuple[int, ...]]], engine_tp: int = 1) -> None:
-    """Raise FP8Error when the engines' block FP8 layers cannot hold these weights: vLLM and SGLang need each
-    fused shard's rows (q, k, v, gate, up), and every split dimension at engine TP > 1, to be a multiple of
-    128 (vLLM validate_fp8_block_shape; SGLang the same rule)."""
+    """Raise FP8Error when the engines' block FP8 layers cannot hold these weights: each fused shard's rows
+    (q, k, gate; v and up too at engine TP > 1) and every split dimension at engine TP > 1 must be multiples
+    of 128 (vLLM's validate_fp8_block_shape, checked against it in tests/engines/test_fp8_vllm.py)."""
     bad = []
     for name, shape in names_shapes:
         m = _DECODER_LINEAR.match(canonical_name(name))
@@ -183,7 +183,10 @@ def check_block_shapes(names_shapes: Iterable[tuple[str, tuple[int, ...]]], engi
         n, k = shape
         linear = m.group(2)
         row_split = linear not in ("self_attn.o_proj", "mlp.down_proj")  # column parallel: rows split
-        if (linear in _FUSED or engine_tp > 1) and row_split and (n // engine_tp) % BLOCK:
+        # unsplit, a fused layer's last shard (v, up) may end in a partial block (vLLM's rule)
+        last_shard = linear in _FUSED and _FUSED[linear][1][-1] == linear
+        checked = (linear in _FUSED and not (last_shard and engine_tp == 1)) or engine_tp > 1
+        if checked and row_split and (n // engine_tp) % BLOCK:
             bad.append(f"{name} rows {n} / engine TP {engine_tp}")
         if engine_tp > 1 and not row_split and (k // engine_tp) % BLOCK:
             bad.append(f"{name} columns {k} / engine TP {engine_tp}")

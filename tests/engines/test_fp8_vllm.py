@@ -105,3 +105,76 @@ def test_fp8_syncs_reach_vllm_and_syncing_the_checkpoints_weights_back_restores_
     assert after_back == start  # tokens and log-probs, bit for bit
     # the FP8 payload: e4m3 decoder linears + 2 scalar scales each, instead of fp32 weights
     assert 0 < m_back["bytes"] == m_other["bytes"]
+
+
+def _decoder_groups(hf_config) -> dict:
+    """Layer 0's linears as vLLM fuses them: group -> ([each member's rows], columns), and the members' names."""
+    from mmr1_mega.quant import fp8
+
+    shapes = dict(fp8.decoder_linear_shapes(hf_config)[:7])
+    p = "model.layers.0."
+    members = {
+        "qkv_proj": [p + f"self_attn.{x}_proj.weight" for x in "qkv"],
+        "o_proj": [p + "self_attn.o_proj.weight"],
+        "gate_up_proj": [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
+        "down_proj": [p + "mlp.down_proj.weight"],
+    }
+    return {g: ([shapes[n][0] for n in ns], shapes[ns[0]][1], ns) for g, ns in members.items()}
+
+
+def test_the_block_fp8_payload_fills_exactly_the_parameters_vllms_fp8_method_creates(engine_model):
+    """Block FP8 cannot run on this CPU; its payload is checked against the parameters vLLM's `fp8` method
+    creates (its own functions, run in its environment) for real Qwen2.5-VL widths and the demo's: per fused
+    layer, the members' e4m3 weights stack into vLLM's weight and their weight_scale_inv blocks into its
+    scale, and vLLM refuses exactly the shapes our config check refuses."""
+    import torch
+
+    from mmr1_mega.distributed.init import free_port
+    from mmr1_mega.models.presets import qwen2_5_vl_config
+    from mmr1_mega.models.tiny import tiny_hf_config
+    from mmr1_mega.quant import fp8
+    from tests.engines.conftest import engine_python
+
+    configs = {
+        "3b": qwen2_5_vl_config("3b", num_layers=1),
+        "7b": qwen2_5_vl_config("7b", num_layers=1),
+        "demo": tiny_hf_config(hidden_size=96, num_heads=3, num_kv_heads=1, intermediate_size=256),
+    }
+    groups = {f"{c}/{g}": v for c, cfg in configs.items() for g, v in _decoder_groups(cfg).items()}
+    proc = subprocess.run(
+        [
+            engine_python("vllm"),
+            str(ROOT / "tests" / "engines" / "vllm_fp8_params.py"),
+            str(engine_model),
+            json.dumps({k: [rows, cols] for k, (rows, cols, _) in groups.items()}),
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    vllm = json.loads(line.removeprefix("RESULT "))
+    for key, (rows, cols, names) in groups.items():
+        got = vllm[key]
+        ours = [fp8.expected_tensors("block", n, (r, cols)) for n, r in zip(names, rows)]
+        weights = [o[n] for o, n in zip(ours, names)]
+        scales = [o[fp8.scale_names("block", n)[0]] for o, n in zip(ours, names)]
+        assert got["weight"] == ["float8_e4m3fn", [sum(r for _, (r, _) in weights), cols]], key
+        assert all(dtype == torch.float8_e4m3fn for dtype, _ in weights)
+        assert all(dtype == torch.float32 for dtype, _ in scales) and got["weight_scale_inv"][0] == "float32"
+        vllm_ok = got["block_shape_error"] is None
+        try:
+            fp8.check_block_shapes([(n, (r, cols)) for n, r in zip(names, rows)])
+            ours_ok = True
+        except fp8.FP8Error:
+            ours_ok = False
+        assert ours_ok == vllm_ok, (key, got["block_shape_error"])
+        if vllm_ok:  # each member's scale blocks land at its row offset / 128 in vLLM's scale
+            assert got["weight_scale_inv"][1] == [sum(s[0] for _, s in scales), scales[0][1][1]], key
+    assert all(
+        vllm[f"{c}/{g}"]["block_shape_error"] is None
+        for c in ("3b", "7b")
+        for g in _decoder_groups(configs[c])
+    )
