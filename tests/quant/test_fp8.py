@@ -272,3 +272,21 @@ def test_modelopt_calibration_gives_each_linear_its_input_amax_over_448():
         members = fp8._FUSED[linear][1] if linear in fp8._FUSED else (linear,)
         amax = max(seen[f"{layer}.{m}"] for m in members)
         assert scale.item() == pytest.approx(amax / 448, rel=1e-6), name
+
+
+def test_without_zero_tiles_the_block_quantizer_is_modelopts_own_default_path():
+    """quantize_block only floors the amax (for all-zero tiles) before handing modelopt the scales; on a
+    weight without zero tiles it equals modelopt's FP8QTensor.quantize computing its own scales."""
+    from modelopt.torch.quantization.qtensor import FP8QTensor
+
+    g = torch.Generator().manual_seed(SEED + 4)
+    w = torch.randn(300, 200, generator=g) * 0.02
+    q, scale = fp8.quantize_block(w)
+    ref, ref_scale = FP8QTensor.quantize(w, block_sizes={-1: 128, -2: 128})
+    assert torch.equal(scale, ref_scale.float())
+    assert torch.equal(q.view(torch.uint8), ref._quantized_data.view(torch.uint8))
+    per_tensor, s = fp8.quantize_per_tensor(w, w.abs().amax())
+    ref, ref_s = FP8QTensor.quantize(w)
+    assert torch.equal(s, ref_s.float().reshape(())) and torch.equal(
+        per_tensor.view(torch.uint8), ref._quantized_data.view(torch.uint8)
+    )
