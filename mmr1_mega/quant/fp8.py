@@ -56,14 +56,19 @@ _DECODER_LINEARS = (
 _DECODER_LINEAR = re.compile(
     r"^model\.layers\.(\d+)\.(" + "|".join(map(re.escape, _DECODER_LINEARS)) + r")\.weight$"
 )
-# the shards an engine fuses into one layer (vLLM's / SGLang's qkv_proj and gate_up_proj)
-_FUSED = {
-    "self_attn.q_proj": ("qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    "self_attn.k_proj": ("qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    "self_attn.v_proj": ("qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    "mlp.gate_proj": ("gate_up", ("mlp.gate_proj", "mlp.up_proj")),
-    "mlp.up_proj": ("gate_up", ("mlp.gate_proj", "mlp.up_proj")),
-}
+# the shards an engine fuses into one layer (vLLM's / SGLang's qkv_proj and gate_up_proj), in its order
+_FUSED_GROUPS = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("mlp.gate_proj", "mlp.up_proj"),
+)
+_FUSED = {linear: group for group in _FUSED_GROUPS for linear in group}  # linear -> its group
+
+
+def _fused_members(name: str) -> list[str]:
+    """The weights an engine fuses with the decoder linear weight `name` (on-disk names, `name`'s own among
+    them; just it when the engine does not fuse it)."""
+    layer, linear = _DECODER_LINEAR.match(canonical_name(name)).groups()
+    return [f"model.layers.{layer}.{m}.weight" for m in _FUSED.get(linear, (linear,))]
 
 
 class FP8Error(ValueError):
@@ -184,7 +189,7 @@ def check_block_shapes(names_shapes: Iterable[tuple[str, tuple[int, ...]]], engi
         linear = m.group(2)
         row_split = linear not in ("self_attn.o_proj", "mlp.down_proj")  # column parallel: rows split
         # unsplit, a fused layer's last shard (v, up) may end in a partial block (vLLM's rule)
-        last_shard = linear in _FUSED and _FUSED[linear][1][-1] == linear
+        last_shard = linear in _FUSED and _FUSED[linear][-1] == linear
         checked = (linear in _FUSED and not (last_shard and engine_tp == 1)) or engine_tp > 1
         if checked and row_split and (n // engine_tp) % BLOCK:
             bad.append(f"{name} rows {n} / engine TP {engine_tp}")
@@ -246,14 +251,8 @@ class FP8Weights:
                 yield name, q
                 yield scale_names("block", name)[0], scale_inv
                 continue
-            module = module_of(name)
-            linear = _DECODER_LINEAR.match(canonical_name(name)).group(2)
-            if linear not in _FUSED:
-                yield from self._per_tensor({name: tensor})
-                continue
-            group, members = _FUSED[linear]
-            prefix = module[: -len(linear)]
-            key = prefix + group
+            members = _fused_members(name)
+            key = members[0]  # the group's first shard names it
             pending.setdefault(key, {})[name] = tensor
             if len(pending[key]) == len(members):
                 yield from self._per_tensor(pending.pop(key))
@@ -408,14 +407,8 @@ def calibrate_input_scales(model, forward_loop) -> dict[str, torch.Tensor]:
                 f"modelopt calibration left {name} without an input amax: did forward_loop run the decoder?"
             )
         scales[canonical_name(name)] = amax.detach().float().clamp(min=AMAX_FLOOR).reshape(()) / E4M3_MAX
-    for name in list(scales):  # a fused layer has one input: its members' scales are one (max) scale
-        layer, linear = name.rsplit(".", 2)[0], ".".join(name.rsplit(".", 2)[1:])
-        if linear in _FUSED:
-            members = [f"{layer}.{m}" for m in _FUSED[linear][1]]
-            shared = max(scales[m] for m in members)
-            for m in members:
-                scales[m] = shared
-    return scales
+    # a fused layer has one input: its members' scales are one (max) scale
+    return {name: max(scales[module_of(m)] for m in _fused_members(f"{name}.weight")) for name in scales}
 
 
 def decoder_linear_shapes(hf_config) -> list[tuple[str, tuple[int, int]]]:

@@ -105,12 +105,11 @@ def fp8_model(model_dir: Path, requests: list, fmt: str, device: str) -> Path:
     return out
 
 
-def _engine(kind: str, model_dir: Path, args, log_dir: Path):
-    kind = kind.removesuffix("-fp8")  # the model folder says which weights
+def _engine(kind: str, model_dir: Path, args, log_dir: Path, dtype: str):
     if kind == "local":
         from mmr1_mega.rollout.local import LocalEngine
 
-        return LocalEngine(model_dir, device="cpu" if args.device == "cpu" else "cuda", dtype=args.dtype)
+        return LocalEngine(model_dir, device="cpu" if args.device == "cpu" else "cuda", dtype=dtype)
     from mmr1_mega.distributed.init import free_port
     from mmr1_mega.rollout.factory import ENGINE_DTYPES
 
@@ -119,10 +118,9 @@ def _engine(kind: str, model_dir: Path, args, log_dir: Path):
         raise RuntimeError(f"no python at {python}: build it with `bash scripts/engine_env.sh {kind}`")
     port = free_port()
     env = dict(e.split("=", 1) for e in getattr(args, f"{kind}_env"))
-    fp8 = model_dir.name.endswith(("-fp8-block", "-fp8-modelopt"))
     common = dict(
         port=port,
-        dtype=ENGINE_DTYPES["bf16" if fp8 else args.dtype],  # FP8 engines compute in bf16
+        dtype=ENGINE_DTYPES[dtype],
         device=args.device,
         colocated=False,
         seed=0,
@@ -149,12 +147,15 @@ def run_engine(kind: str, model_dir: Path, requests: list, args, log_dir: Path) 
     """Start the engine, one warm-up request, then all requests timed; its figures (or why it was skipped)."""
     t0 = time.perf_counter()
     try:
+        dtype = args.dtype
         if kind.endswith("-fp8"):
+            from mmr1_mega.quant.fp8 import engine_dtype
             from mmr1_mega.rollout.factory import check_fp8_servable
 
             check_fp8_servable(kind.removesuffix("-fp8"), args.fp8_format, args.device)
             model_dir = fp8_model(model_dir, requests, args.fp8_format, args.device)
-        engine = _engine(kind, model_dir, args, log_dir)
+            dtype = engine_dtype(args.dtype, "fp8")  # FP8 engines compute in bf16
+        engine = _engine(kind.removesuffix("-fp8"), model_dir, args, log_dir, dtype)
     except Exception as e:  # noqa: BLE001 - reported, the other engines still run
         return {"skipped": f"{type(e).__name__}: {e}"}
     try:
